@@ -1,0 +1,1 @@
+"""Backends: where instances run. `base` is the contract, `local` runs child processes on this machine."""

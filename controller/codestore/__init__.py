@@ -1,0 +1,1 @@
+"""The code store: taking in uploaded packages safely, content-addressed on disk."""

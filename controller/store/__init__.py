@@ -1,0 +1,1 @@
+"""Desired state for the embedded default: functions and their immutable versions, in SQLite."""

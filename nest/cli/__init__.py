@@ -1,0 +1,1 @@
+"""The `nest` command line: parse, call the HTTP client, print."""

@@ -1,0 +1,1 @@
+"""Typed fakes, one per port (fakes over mocks)."""
