@@ -72,4 +72,3 @@ class Backend(Protocol):
 
     async def stop_all(self, *, grace_s: float) -> None:
         """Stop every instance (shutdown); returns when none is left."""
-
