@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
 from nest.contracts.errors import InvalidInput, PayloadTooLarge
@@ -36,7 +36,7 @@ class ControlApi:
         self.control = control
         self.max_package_bytes = max_package_bytes
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         return [
             Route("/api/v1/functions", self.list_functions, methods=["GET"]),
             Route("/api/v1/functions/{name}", self.deploy, methods=["PUT"]),

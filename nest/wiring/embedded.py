@@ -1,0 +1,145 @@
+"""`nest up`: the embedded default, every component in one process, instances as child processes.
+
+The one place that knows the concrete classes: SQLite store, local backend, fleet, function service, routing
+table, autoscaler, and the gateway app served by uvicorn. The Protocol-typed parameters below are where mypy
+checks that the controller fits the gateway's and autoscaler's ports and the gateway the controller's.
+
+Shutdown (Ctrl-C or SIGTERM): uvicorn stops accepting connections and waits for in-flight requests; then the
+autoscaler and reconcile loop stop, every instance is stopped (draining what it still runs), and the store
+closes. Nothing is left running: instances also carry PDEATHSIG, so even a killed `nest up` takes them along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvicorn
+import uvloop
+from autoscaler.loop import Autoscaler
+from controller.backends.local import LocalBackend, LocalBackendConfig
+from controller.store.sqlite import SqliteStore
+from prometheus_client import CollectorRegistry
+
+from controller.fleet import Fleet
+from controller.functions import FunctionService, ServiceConfig
+from gateway.app import GatewayApp, GatewayCollector
+from gateway.proxy import FunctionProxy, ProxyConfig
+from gateway.routing import RoutingTable
+from gateway.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from autoscaler.ports import MetricsSource, ScaleTarget
+
+    from controller.backends.base import Backend
+    from controller.ports import RoutePublisher
+    from gateway.ports import ControlPlane, DemandSignal
+
+logger = logging.getLogger("nest")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("~/.nest")
+    activation_timeout_s: float = 30.0
+    buffer_size: int = 1000
+    max_package_bytes: int = 256 * 1024**2
+    tick_s: float = 1.0
+    drain_timeout_s: float = 30.0
+    health_interval_s: float = 5.0
+
+
+def _check_ports(
+    metrics: MetricsSource, target: ScaleTarget, publisher: RoutePublisher, demand: DemandSignal, control: ControlPlane
+) -> None:
+    """Nothing at run time: mypy checks here that each concrete class satisfies the port it is wired to."""
+
+
+async def run(config: EmbeddedConfig) -> None:
+    data_dir = config.data_dir.expanduser().resolve()
+    for sub in ("code", "logs", "run"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    public_host = "127.0.0.1" if config.host in {"0.0.0.0", "::"} else config.host
+    store = SqliteStore(data_dir / "state.db")
+    await store.open()
+
+    table = RoutingTable(buffer_size=config.buffer_size)
+    pool = UpstreamPool()
+    table.on_endpoint_removed = pool.drop
+    fleet = Fleet(table)
+    backend: Backend = LocalBackend(
+        LocalBackendConfig(
+            run_dir=data_dir / "run", log_dir=data_dir / "logs", health_interval_s=config.health_interval_s
+        ),
+        fleet.on_event,
+    )
+    fleet.backend = backend
+    autoscaler = Autoscaler(table, fleet, tick_s=config.tick_s)
+    table.connect_demand(autoscaler)
+    service = FunctionService(
+        store,
+        fleet,
+        publisher=table,
+        config=ServiceConfig(
+            code_root=data_dir / "code", log_dir=data_dir / "logs", public_url=f"http://{public_host}:{config.port}"
+        ),
+    )
+    _check_ports(table, fleet, table, autoscaler, service)
+
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(table))
+    state = {"ready": False}
+    proxy = FunctionProxy(table, pool, ProxyConfig(activation_timeout_s=config.activation_timeout_s))
+    app = GatewayApp(
+        proxy=proxy,
+        control=service,
+        registry=registry,
+        ready=lambda: state["ready"],
+        max_package_bytes=config.max_package_bytes,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="info",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=int(config.drain_timeout_s),
+        )
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            background = [
+                group.create_task(backend.run(), name="backend"),
+                group.create_task(fleet.run(), name="fleet"),
+                group.create_task(autoscaler.run(), name="autoscaler"),
+            ]
+            await service.load()
+            state["ready"] = True
+            logger.info("Nest data directory: %s", data_dir)
+            await server.serve()
+            state["ready"] = False
+            logger.info("draining: stopping every instance")
+            await fleet.shutdown(grace_s=config.drain_timeout_s)
+            for task in background:
+                task.cancel()
+    finally:
+        pool.close()
+        await store.close()
+
+
+def serve(config: EmbeddedConfig) -> None:
+    """Run `nest up` in the foreground until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run(config))
