@@ -1,0 +1,78 @@
+"""Scaling from zero and back, crash replacement, restart on the same data directory, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from tests.integration.conftest import start_platform, stop_platform
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.integration.conftest import Platform
+
+QUICK_SCALING = "scaling: {scale_down_delay: 0s, scale_to_zero_grace: 1s}\n"
+
+
+def instances(platform: Platform, name: str) -> list[dict[str, object]]:
+    found = platform.describe(name)["instances"]
+    assert isinstance(found, list)
+    return found
+
+
+def test_a_function_scales_to_zero_after_its_grace_and_back_on_the_next_request(platform: Platform) -> None:
+    platform.deploy("napper", "def handle(request):\n    return 'awake'\n", QUICK_SCALING)
+    with platform.http() as http:
+        assert http.get("/function/napper").text == "awake"
+    assert len(instances(platform, "napper")) == 1
+    platform.wait_for(lambda: not instances(platform, "napper"), what="scale to zero")
+    decisions = platform.describe("napper")["scaling"]["decisions"]  # type: ignore[index]
+    assert any("zero" in d["reason"] or "idle" in d["reason"] for d in decisions)
+    with platform.http() as http:
+        assert http.get("/function/napper").text == "awake"
+
+
+def test_min_instances_are_kept_without_traffic(platform: Platform) -> None:
+    platform.deploy("reserved", "def handle(request):\n    return 'here'\n", "scaling: {min: 2}\n")
+    platform.wait_for(
+        lambda: sum(1 for i in instances(platform, "reserved") if i["state"] == "ready") == 2,
+        what="two reserved instances",
+    )
+
+
+def test_a_crashed_instance_is_replaced(platform: Platform) -> None:
+    platform.deploy(
+        "crashy",
+        "import os\n\ndef handle(request):\n    return {'pid': os.getpid()}\n",
+        "scaling: {min: 1}\n",
+    )
+    with platform.http() as http:
+        platform.wait_for(lambda: http.get("/function/crashy").status_code == 200, what="crashy up")
+        pid = http.get("/function/crashy").json()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        platform.wait_for(
+            lambda: (
+                http.get("/function/crashy").status_code == 200 and http.get("/function/crashy").json()["pid"] != pid
+            ),
+            what="a replacement instance",
+        )
+
+
+def test_a_second_nest_up_finds_its_functions_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+    first = start_platform(tmp_path / "data", tmp_path / "work")
+    try:
+        first.deploy("survivor", "def handle(request):\n    return 'still here'\n")
+        with first.http() as http:
+            assert http.get("/function/survivor").text == "still here"
+    finally:
+        leftovers = stop_platform(first)
+    assert leftovers == []
+
+    second = start_platform(tmp_path / "data", tmp_path / "work")
+    try:
+        with second.http() as http:
+            assert http.get("/function/survivor").text == "still here"
+    finally:
+        assert stop_platform(second) == []
