@@ -95,6 +95,7 @@ class Fleet:
                 "state": instance.state.value,
                 "started_at": instance.started_at,
                 "ready_at": instance.ready_at,
+                "socket": instance.address.socket_path if instance.address is not None else None,
             }
             for instance_id, instance in self._instances.items()
             if instance.spec.key.function == function
