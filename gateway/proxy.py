@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import MethodNotAllowed, send_error
 from gateway.routes import FUNCTION_PREFIX, is_reserved_subpath
 from gateway.upstream import InstanceGone, UpstreamPool
-from nest.contracts.errors import DeadlineExceeded, NestError, NotFound, PayloadTooLarge
+from nest.contracts.errors import NestError, NotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
@@ -118,27 +118,22 @@ class FunctionProxy:
     ) -> None:
         socket_path = endpoint.socket_path
         timeout_s = route.timeout_s + self.config.upstream_grace_s
+        connection = await self.pool.request(socket_path, request, head_only=head_only, timeout_s=timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                connection = await self.pool.request(socket_path, request, head_only=head_only)
-        except TimeoutError:
-            function = repr(route.key.function)
-            raise DeadlineExceeded(f"function {function}", timeout_s, "the instance did not answer") from None
-        try:
-            headers = [item for item in connection.headers if item[0] not in DROP_RESPONSE_HEADERS]
-            if len(headers) != len(connection.headers) and any(k == b"x-nest-recycle" for k, _ in connection.headers):
+            raw_headers = connection.headers
+            headers = [item for item in raw_headers if item[0] not in DROP_RESPONSE_HEADERS]
+            if len(headers) != len(raw_headers) and any(name == b"x-nest-recycle" for name, _ in raw_headers):
                 self.table.remove_endpoint(route.key, endpoint.address.instance_id)
             await send({"type": "http.response.start", "status": connection.status, "headers": headers})
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    chunk = await connection.read_body()
-                    if chunk is None:
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        break
-                    last = connection.complete
-                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                    if last:
-                        break
+            while True:
+                chunk = await connection.read_body()
+                if chunk is None:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    break
+                last = connection.complete
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    break
         except BaseException:
             connection.abort()
             raise
@@ -204,26 +199,38 @@ def build_request(scope: Scope, route: Route, subpath: str, body: bytes, invocat
 class _DisconnectWatch:
     """Cancels the request's task if the client disconnects while it waits or is served (frees slot and place).
 
-    Watching costs one task per request; it is armed only after the body was read and disarmed before the
-    last response byte is sent, because uvicorn answers `receive()` with a disconnect once the response is done.
+    Watching needs a task blocked in `receive()`; to keep that cost off fast requests, the task is only created
+    once the request has taken `ARM_AFTER_S` (a timer handle costs far less than a task). A request that ends
+    sooner is done before a disconnect could matter. It is disarmed before the response ends, because uvicorn
+    answers `receive()` with a disconnect once the response is complete.
     """
 
-    __slots__ = ("armed", "fired", "request_task", "task")
+    __slots__ = ("fired", "receive", "request_task", "task", "timer")
+
+    ARM_AFTER_S = 0.02
 
     def __init__(self, receive: Receive) -> None:
         self.request_task = asyncio.current_task()
-        self.armed = True
+        self.receive = receive
         self.fired = False
-        self.task: asyncio.Task[Message] = asyncio.ensure_future(receive())
+        self.task: asyncio.Task[Message] | None = None
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self.ARM_AFTER_S, self._arm)
+
+    def _arm(self) -> None:
+        self.timer = None
+        self.task = asyncio.ensure_future(self.receive())
         self.task.add_done_callback(self._on_message)
 
     def _on_message(self, task: asyncio.Task[Message]) -> None:
-        if not self.armed or task.cancelled() or task.exception() is not None:
+        if self.task is None or task.cancelled() or task.exception() is not None:
             return
         if task.result()["type"] == "http.disconnect" and self.request_task is not None:
             self.fired = True
             self.request_task.cancel()
 
     def stop(self) -> None:
-        self.armed = False
-        self.task.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from nest.contracts.errors import BackendError
+from nest.contracts.errors import BackendError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,6 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._got_bytes = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout_s = 0.0
 
     # asyncio.Protocol
 
@@ -93,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self._disarm()
         self._wake()
 
     # used by the pool and the proxy
@@ -114,8 +117,24 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    def send(self, request: bytes, *, head_only: bool) -> None:
-        """Write one request; the previous response must be complete."""
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._fail(
+            DeadlineExceeded("the instance's response", self._timeout_s, "the instance did not answer; it may be hung")
+        )
+        self.abort()
+
+    def send(self, request: bytes, *, head_only: bool, timeout_s: float) -> None:
+        """Write one request; the previous response must be complete. The whole exchange must end in `timeout_s`.
+
+        One timer per request, not `asyncio.timeout` blocks: this is the hot path, and a timer handle is the
+        cheapest deadline asyncio has.
+        """
         self.status = 0
         self.headers = []
         self.complete = False
@@ -124,7 +143,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._error = None
         self._got_bytes = False
         self._head_only = head_only
+        self._timeout_s = timeout_s
         assert self.transport is not None
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._on_timeout)
         self.transport.write(request)
 
     async def read_head(self) -> None:
@@ -157,11 +178,13 @@ class UpstreamConnection(asyncio.Protocol):
         return self._error is not None and not self._got_bytes
 
     def close(self) -> None:
+        self._disarm()
         if self.transport is not None and not self.closed:
             self.transport.close()
             self.closed = True
 
     def abort(self) -> None:
+        self._disarm()
         if self.transport is not None and not self.closed:
             self.transport.abort()
             self.closed = True
@@ -187,14 +210,16 @@ class UpstreamPool:
                 idle.remove(connection)
                 return
 
-    async def request(self, socket_path: str, request: bytes, *, head_only: bool = False) -> UpstreamConnection:
+    async def request(
+        self, socket_path: str, request: bytes, *, timeout_s: float, head_only: bool = False
+    ) -> UpstreamConnection:
         """Send `request` and return the connection once the response head arrived. Give it back with `finish`."""
         idle = self._idle.get(socket_path)
         while idle:
             connection = idle.pop()
             if connection.closed:
                 continue
-            connection.send(request, head_only=head_only)
+            connection.send(request, head_only=head_only, timeout_s=timeout_s)
             try:
                 await connection.read_head()
             except BackendError:
@@ -204,7 +229,7 @@ class UpstreamPool:
                 raise
             return connection
         connection = await self._connect(socket_path)
-        connection.send(request, head_only=head_only)
+        connection.send(request, head_only=head_only, timeout_s=timeout_s)
         await connection.read_head()
         return connection
 
