@@ -1,0 +1,127 @@
+"""Start-up of an instance: limits, log capture, load the code, listen, say "ready", serve until told to stop.
+
+The controller passes a pipe as `--status-fd`; exactly one JSON line goes down it: `{"event": "ready", ...}`
+once the handler is imported and the socket listens, or `{"event": "init_failed", "error_type", "detail",
+"traceback"}` (then exit code 3). Readiness is pushed, not polled, so a cold start pays no probe interval.
+Exit codes: 0 after a drain (SIGTERM), 3 init failure, 75 recycled after an uninterruptible timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+import uvloop
+
+from runtime.limits import die_with_parent, limit_memory
+from runtime.loading import LoadError, load_handler
+from runtime.logs import CapturedStream, LogSink
+from runtime.server import InvocationApp
+
+if TYPE_CHECKING:
+    from runtime.config import RuntimeConfig
+
+EXIT_INIT_FAILED = 3
+EXIT_RECYCLED = 75
+RECYCLE_GRACE_S = 0.05
+
+
+def _report(fd: int, event: dict[str, Any]) -> None:
+    if fd < 0:
+        return
+    try:
+        os.write(fd, json.dumps(event).encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _listen(config: RuntimeConfig) -> list[socket.socket]:
+    if os.path.exists(config.socket):
+        os.unlink(config.socket)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(config.socket)
+    os.chmod(config.socket, 0o600)
+    unix.listen(1024)
+    sockets = [unix]
+    if config.tcp_port:
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", config.tcp_port))
+        tcp.listen(1024)
+        sockets.append(tcp)
+    return sockets
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_started: Any) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+
+
+def run(config: RuntimeConfig) -> int:
+    started = time.monotonic()
+    die_with_parent()
+    sink = LogSink(function=config.function, version=config.version, instance=config.instance)
+    sys.stdout = CapturedStream(sink, stream="stdout", fd=1)
+    sys.stderr = CapturedStream(sink, stream="stderr", fd=2)
+    sink.system(limit_memory(config.memory_bytes, config.concurrency))
+    try:
+        handler = load_handler(config.code_dir, config.handler, style=config.style)
+    except MemoryError:
+        failure = LoadError("MemoryError", f"importing the code needs more than memory ({config.memory_bytes} B)", "")
+        _report(config.status_fd, failure.as_status())
+        return EXIT_INIT_FAILED
+    except LoadError as error:
+        sink.system(f"init failed: {error.error_type}: {error.detail}\n{error.traceback}")
+        _report(config.status_fd, error.as_status())
+        return EXIT_INIT_FAILED
+    app = InvocationApp(config, handler, sink)
+    uv_config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="on" if config.style == "asgi" else "off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=300,
+        timeout_graceful_shutdown=int(config.timeout_s) + 1,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+    )
+
+    def ready() -> None:
+        init_ms = round((time.monotonic() - started) * 1000, 1)
+        sink.system(f"ready in {init_ms} ms")
+        _report(config.status_fd, {"event": "ready", "pid": os.getpid(), "init_ms": init_ms})
+
+    server = _Server(uv_config, ready)
+
+    def recycle() -> None:
+        asyncio.get_running_loop().call_later(RECYCLE_GRACE_S, setattr, server, "should_exit", True)
+
+    app.on_recycle = recycle
+    uvloop.run(server.serve(sockets=_listen(config)))
+    app.close()
+    sys.stdout.flush()
+    code = EXIT_RECYCLED if app.recycling else 0
+    os._exit(code)  # a stuck handler thread must not keep the process alive
