@@ -1,0 +1,279 @@
+"""The local backend: instances as child processes of `nest up` on this machine.
+
+Each instance gets a private working directory (its cwd, HOME and TMPDIR), a Unix socket, the function's
+environment and nothing else of ours, and its stdout/stderr appended to the function's log file. It is started
+with `asyncio.create_subprocess_exec` (never a shell) in its own session, and reports on a status pipe: READY,
+or INIT_FAILED with the reason; a watcher task per instance turns that and the process exit into events. A
+health loop pings every ready instance; one that fails `health_failures` pings in a row is killed (UNHEALTHY,
+then EXITED). The runtime sets PDEATHSIG, and cancelling `run()` kills whatever is left.
+
+What to start and stop is decided by `controller/reconciler.py`; this module only does it (after uvicorn's
+`supervisors/multiprocess.py`: start, ping, terminate, kill, join).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+import runtime
+from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
+from nest.contracts.model import InitFailure, InstanceAddress
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nest.contracts.ids import InstanceId
+
+logger = logging.getLogger("nest.backend")
+
+LOG_ROTATE_BYTES = 10 * 1024**2
+STATUS_LINE_MAX = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LocalBackendConfig:
+    run_dir: Path
+    log_dir: Path
+    python: str = sys.executable
+    runtime_module: str = "runtime"
+    health_interval_s: float = 5.0
+    health_timeout_s: float = 2.0
+    health_failures: int = 2
+    start_timeout_s: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Process:
+    spec: InstanceSpec
+    process: asyncio.subprocess.Process
+    socket_path: str
+    workdir: Path
+    ready: bool = False
+    stop_requested: bool = False
+    failed_pings: int = 0
+    timed_out: bool = False
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LocalBackend:
+    """Child processes, watched. `run()` must be running for `start()` to work."""
+
+    def __init__(self, config: LocalBackendConfig, on_event: Callable[[InstanceEvent], None]) -> None:
+        self._config = config
+        self._on_event = on_event
+        self._processes: dict[InstanceId, _Process] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._import_root = str(Path(runtime.__file__).resolve().parent.parent)
+
+    async def run(self) -> None:
+        for sub in ("sockets", "instances"):
+            (self._config.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._config.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self._health_loop())
+        finally:
+            self._group = None
+            for entry in list(self._processes.values()):
+                _kill(entry.process)
+
+    def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
+        python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": python_path,
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "NEST_FUNCTION": spec.key.function,
+            "NEST_VERSION": spec.key.version,
+            "NEST_INSTANCE": spec.instance_id,
+            **self._config.extra_env,
+            **spec.env,
+        }
+
+    def _socket_path(self, instance_id: InstanceId) -> str:
+        path = self._config.run_dir / "sockets" / f"{instance_id}.sock"
+        if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+            path = path.with_name(hashlib.sha256(instance_id.encode()).hexdigest()[:16] + ".sock")
+        return str(path)
+
+    def _open_log(self, function: str) -> int:
+        path = self._config.log_dir / f"{function}.log"
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > LOG_ROTATE_BYTES:
+                path.replace(path.with_suffix(".log.1"))
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    async def start(self, spec: InstanceSpec) -> None:
+        if self._group is None:
+            raise RuntimeError("LocalBackend.run() is not running")
+        workdir = self._config.run_dir / "instances" / spec.instance_id
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        socket_path = self._socket_path(spec.instance_id)
+        read_end, write_end = os.pipe()
+        log_fd = self._open_log(spec.key.function)
+        arguments = [
+            *("-m", self._config.runtime_module, "--socket", socket_path, "--code-dir", str(spec.code_dir)),
+            *("--handler", spec.handler, "--style", spec.handler_style, "--function", spec.key.function),
+            *("--version", spec.key.version, "--instance", spec.instance_id, "--timeout", str(spec.timeout_s)),
+            *("--concurrency", str(spec.concurrency), "--memory-bytes", str(spec.memory_bytes)),
+            *("--status-fd", str(write_end)),
+            *(["--debug"] if spec.debug else []),
+        ]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._config.python,
+                *arguments,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                pass_fds=(write_end,),
+                cwd=workdir,
+                env=self._environment(spec, workdir),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_end)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        finally:
+            os.close(write_end)
+            os.close(log_fd)
+        entry = _Process(spec, process, socket_path, workdir)
+        self._processes[spec.instance_id] = entry
+        self._group.create_task(self._watch(entry, read_end))
+
+    async def _watch(self, entry: _Process, read_end: int) -> None:
+        spec = entry.spec
+        line = await self._status_line(entry, read_end)
+        if line is not None and line.get("event") == "ready":
+            entry.ready = True
+            address = InstanceAddress(spec.instance_id, spec.key, entry.socket_path, spec.concurrency)
+            self._emit(InstanceEvent(EventKind.READY, spec.instance_id, spec.key, address=address))
+        elif not entry.stop_requested:
+            failure = self._failure(entry, line)
+            self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))
+        code = await entry.process.wait()
+        entry.exited.set()
+        self._processes.pop(spec.instance_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.socket_path)
+        shutil.rmtree(entry.workdir, ignore_errors=True)
+        self._emit(
+            InstanceEvent(EventKind.EXITED, spec.instance_id, spec.key, exit_code=code, requested=entry.stop_requested)
+        )
+
+    async def _status_line(self, entry: _Process, read_end: int) -> dict[str, object] | None:
+        """The one JSON line the runtime writes on its status pipe; None if it exits or hangs first."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STATUS_LINE_MAX)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+        )
+        try:
+            async with asyncio.timeout(self._config.start_timeout_s):
+                raw = await reader.readline()
+        except TimeoutError:
+            _kill(entry.process)
+            entry.timed_out = True
+            return None
+        except ValueError:
+            return None
+        finally:
+            transport.close()
+        try:
+            line = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return line if isinstance(line, dict) else None
+
+    def _failure(self, entry: _Process, line: dict[str, object] | None) -> InitFailure:
+        key = entry.spec.key
+        if line is not None and line.get("event") == "init_failed":
+            return InitFailure(
+                key,
+                str(line.get("error_type", "InitError")),
+                str(line.get("detail", "")),
+                at=time.time(),
+                traceback=str(line.get("traceback", "")),
+            )
+        if entry.timed_out:
+            detail = f"the instance did not become ready within {self._config.start_timeout_s:g}s; see `nest logs`"
+            return InitFailure(key, "StartTimeout", detail, at=time.time())
+        code = entry.process.returncode
+        detail = f"the instance exited (code {code}) before it became ready; see `nest logs {key.function}`"
+        return InitFailure(key, "InstanceCrashed", detail, at=time.time())
+
+    def _emit(self, event: InstanceEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            logger.exception("handling %s of %s failed", event.kind, event.instance_id)
+
+    async def stop(self, instance_id: InstanceId, *, grace_s: float) -> None:
+        entry = self._processes.get(instance_id)
+        if entry is None:
+            return
+        entry.stop_requested = True
+        with contextlib.suppress(ProcessLookupError):
+            entry.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace_s):
+                await entry.exited.wait()
+        except TimeoutError:
+            _kill(entry.process)
+            await entry.exited.wait()
+
+    async def stop_all(self, *, grace_s: float) -> None:
+        await asyncio.gather(*(self.stop(i, grace_s=grace_s) for i in list(self._processes)))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.health_interval_s)
+            ready = [entry for entry in self._processes.values() if entry.ready and not entry.stop_requested]
+            await asyncio.gather(*(self._ping(entry) for entry in ready))
+
+    async def _ping(self, entry: _Process) -> None:
+        transport = httpx.AsyncHTTPTransport(uds=entry.socket_path)
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=self._config.health_timeout_s) as client:
+                response = await client.get("http://instance/__nest__/health")
+            healthy = response.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy:
+            entry.failed_pings = 0
+            return
+        entry.failed_pings += 1
+        if entry.failed_pings >= self._config.health_failures and entry.process.returncode is None:
+            spec = entry.spec
+            self._emit(InstanceEvent(EventKind.UNHEALTHY, spec.instance_id, spec.key, detail="liveness ping failed"))
+            entry.stop_requested = True
+            _kill(entry.process)
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the instance's whole process group (it runs in its own session)."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
