@@ -1,0 +1,116 @@
+"""The autoscaler's loop: once a tick, collect traffic, decide per version, apply; at once on a poke.
+
+The one async module of the autoscaler. It owns the per-version `ScalerState` between ticks and nothing else:
+traffic comes through `MetricsSource`, decisions go out through `ScaleTarget`, and the decision itself is
+`decision.decide`. A poke (the activator holding a request for a version with no instance) decides for that
+version immediately rather than up to a tick later: a cold start must not wait for the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from autoscaler.decision import Decision, Observation, ScalerState, decide
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from autoscaler.ports import MetricsSource, ScaleTarget
+    from nest.contracts.model import ScalingSpec, VersionKey, VersionTraffic
+
+logger = logging.getLogger("nest.autoscaler")
+
+DECISIONS_KEPT = 20
+ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+"""Pause after a failing tick, growing while ticks keep failing (kopf's `throttled`, simplified)."""
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        metrics: MetricsSource,
+        target: ScaleTarget,
+        *,
+        tick_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metrics = metrics
+        self._target = target
+        self._tick_s = tick_s
+        self._clock = clock
+        self._states: dict[VersionKey, ScalerState] = {}
+        self._decisions: dict[VersionKey, deque[tuple[float, int, str]]] = {}
+        self._poked: set[VersionKey] = set()
+        self._wake = asyncio.Event()
+
+    def poke(self, key: VersionKey) -> None:
+        """A request waits for `key`: decide for it now. Cheap and non-blocking (called on the request path)."""
+        self._poked.add(key)
+        self._wake.set()
+
+    def recent_decisions(self, key: VersionKey) -> list[tuple[float, int, str]]:
+        return list(self._decisions.get(key, ()))
+
+    async def run(self) -> None:
+        failures = 0
+        next_tick = self._clock() + self._tick_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_tick - self._clock())):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._clock() >= next_tick:
+                    next_tick = self._clock() + self._tick_s
+                    self._poked.clear()
+                    await self.tick()
+                else:
+                    await self.answer_pokes()
+                failures = 0
+            except Exception:
+                delay = ERROR_BACKOFF_S[min(failures, len(ERROR_BACKOFF_S) - 1)]
+                failures += 1
+                logger.exception("autoscaler tick failed; next attempt in %.0fs", delay)
+                await asyncio.sleep(delay)
+
+    async def tick(self) -> None:
+        """Decide for every live version from one interval of traffic."""
+        now = self._clock()
+        traffic = {item.key: item for item in self._metrics.collect(now)}
+        scalables = self._target.scalables()
+        for key in list(self._states):
+            if key not in scalables:
+                del self._states[key]
+                self._decisions.pop(key, None)
+        for key, (spec, current) in scalables.items():
+            await self._apply(key, spec, _observe(traffic.get(key), current), now)
+
+    async def answer_pokes(self) -> None:
+        """Decide at once for poked versions that have no instance yet."""
+        poked, self._poked = self._poked, set()
+        scalables = self._target.scalables()
+        now = self._clock()
+        for key in poked:
+            if key in scalables and scalables[key][1] == 0:
+                spec, current = scalables[key]
+                await self._apply(key, spec, Observation(0.0, 0, 1, 0, current, poked=True), now)
+
+    async def _apply(self, key: VersionKey, spec: ScalingSpec, seen: Observation, now: float) -> Decision:
+        decision = decide(spec, self._states.get(key, ScalerState()), seen, now)
+        self._states[key] = decision.state
+        history = self._decisions.setdefault(key, deque(maxlen=DECISIONS_KEPT))
+        if not history or history[-1][1] != decision.desired:
+            history.append((now, decision.desired, decision.reason))
+        await self._target.scale(key, decision.desired, decision.reason)
+        return decision
+
+
+def _observe(traffic: VersionTraffic | None, current: int) -> Observation:
+    if traffic is None:
+        return Observation(0.0, 0, 0, 0, current)
+    return Observation(traffic.concurrency, traffic.in_flight, traffic.queued, traffic.completed, current)
