@@ -96,11 +96,11 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class NonRetryable(Exception):  # noqa: N818 - the name is the user-facing contract
+class NonRetryable(Exception):
     """Raise from a handler to say that retrying this input cannot succeed (async invocations dead-letter it)."""
 
 
-class Throttled(Exception):  # noqa: N818 - the name is the user-facing contract
+class Throttled(Exception):
     """Raise from a handler when a downstream is overloaded; async invocations back off without spending an attempt."""
 
     def __init__(self, message: str = "throttled", *, retry_after: float | None = None) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from nest.contracts.ids import FunctionName, InstanceId, VersionId
+if TYPE_CHECKING:
+    from nest.contracts.ids import FunctionName, InstanceId, VersionId
 
 
 @dataclass(frozen=True, slots=True)

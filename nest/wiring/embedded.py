@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 import uvloop
-from autoscaler.loop import Autoscaler
-from controller.backends.local import LocalBackend, LocalBackendConfig
-from controller.store.sqlite import SqliteStore
 from prometheus_client import CollectorRegistry
 
+from autoscaler.loop import Autoscaler
+from controller.backends.local import LocalBackend, LocalBackendConfig
 from controller.fleet import Fleet
 from controller.functions import FunctionService, ServiceConfig
+from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
@@ -34,7 +34,6 @@ from gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from autoscaler.ports import MetricsSource, ScaleTarget
-
     from controller.backends.base import Backend
     from controller.ports import RoutePublisher
     from gateway.ports import ControlPlane, DemandSignal

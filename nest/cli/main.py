@@ -1,0 +1,317 @@
+"""The `nest` command: parse, call the HTTP client, print. Errors are one line on stderr and exit code 1.
+
+```
+nest up                      run the platform in the foreground (embedded default)
+nest init hello              scaffold hello/nest.yaml and hello/main.py
+nest deploy hello            validate, package, upload; prints the URL and version
+nest invoke hello --data '{"name": "x"}'
+nest ls | describe NAME | logs NAME [-f] | delete NAME     (read verbs take -o json)
+nest schema                  the JSON Schema of nest.yaml
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from nest.cli.packaging import PackagingError, build_package
+from nest.cli.templates import HANDLERS, render
+from nest.client import DEFAULT_URL, ClientError, NestClient
+from nest.contracts.errors import InvalidInput
+from nest.contracts.manifest import ManifestError, json_schema, parse_manifest, validate_name
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PROGRESS_OVER_BYTES = 1024**2
+UPLOAD_PIECE = 64 * 1024
+
+
+class Output(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+UrlOption = Annotated[str | None, typer.Option("--url", help="Nest's URL (default: $NEST_URL or " + DEFAULT_URL + ")")]
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", markup=True)
+    raise typer.Exit(1)
+
+
+def client_for(url: str | None) -> NestClient:
+    return NestClient(url or os.environ.get("NEST_URL", DEFAULT_URL))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    data_dir: Annotated[Path | None, typer.Option(help="State directory (default: $NEST_DATA_DIR or ~/.nest)")] = None,
+) -> None:
+    """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
+    from nest.wiring.embedded import EmbeddedConfig, serve
+
+    directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
+    serve(EmbeddedConfig(host=host, port=port, data_dir=directory))
+
+
+@app.command()
+def init(
+    name: str,
+    style: Annotated[str, typer.Option(help="native, asgi or lambda")] = "native",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Parent directory (default: here)")] = None,
+) -> None:
+    """Scaffold NAME/ with nest.yaml and main.py."""
+    try:
+        validate_name(name)
+    except InvalidInput as exc:
+        fail(str(exc))
+    if style not in HANDLERS:
+        fail(f"--style {style!r} is not one of {', '.join(HANDLERS)}")
+    target = (directory or Path.cwd()) / name
+    if target.exists() and any(target.iterdir()):
+        fail(f"{target} exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    for file, content in render(name, style).items():
+        (target / file).write_text(content)
+    out.print(f"created {target}/nest.yaml and main.py; deploy with: nest deploy {target}")
+
+
+def _upload(client: NestClient, name: str, package: bytes) -> dict[str, Any]:
+    if len(package) <= PROGRESS_OVER_BYTES:
+        return client.deploy(name, package)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(f"uploading {name}", total=len(package))
+
+        def pieces() -> Any:
+            for offset in range(0, len(package), UPLOAD_PIECE):
+                piece = package[offset : offset + UPLOAD_PIECE]
+                progress.advance(task, len(piece))
+                yield piece
+
+        return client.deploy(name, pieces(), size=len(package))
+
+
+@app.command()
+def deploy(
+    directory: Annotated[Path, typer.Argument(help="The function directory")] = Path(), url: UrlOption = None
+) -> None:
+    """Validate nest.yaml, package the directory and deploy it as a new version."""
+    manifest_path = directory / "nest.yaml"
+    if not manifest_path.is_file():
+        fail(f"{manifest_path}: not found (create one with `nest init NAME`)")
+    try:
+        manifest = parse_manifest(manifest_path.read_bytes())
+        package = build_package(directory)
+    except ManifestError as exc:
+        fail("nest.yaml: " + "; ".join(f"{f}: {m}" if f else m for f, m in exc.problems))
+    except PackagingError as exc:
+        fail(str(exc))
+    client = client_for(url)
+    try:
+        result = _upload(client, manifest.name, package)
+    except ClientError as exc:
+        fail(str(exc))
+    state = "new" if result.get("created") else "unchanged"
+    out.print(f"deployed {result['name']} version {result['version']} ({state})")
+    out.print(f"url: {result['url']}")
+
+
+def _read_data(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if data == "-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        path = Path(data[1:])
+        if not path.is_file():
+            fail(f"{path}: no such file")
+        return path.read_bytes()
+    return data.encode()
+
+
+@app.command()
+def invoke(
+    name: str,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Body: JSON text, @file or - for stdin")] = None,
+    method: Annotated[str, typer.Option("--method", "-X")] = "POST",
+    path: Annotated[str, typer.Option(help="Sub-path after /function/NAME")] = "",
+    header: Annotated[list[str] | None, typer.Option("--header", "-H", help="K:V, repeatable")] = None,
+    include: Annotated[bool, typer.Option("--include", "-i", help="Print status and headers")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Call a function over HTTP and print its answer."""
+    headers: dict[str, str] = {}
+    for item in header or []:
+        key, sep, value = item.partition(":")
+        if not sep:
+            fail(f"--header {item!r} is not K:V")
+        headers[key.strip()] = value.strip()
+    try:
+        response = client_for(url).invoke(
+            name, method=method.upper(), path=path, body=_read_data(data), headers=headers
+        )
+    except ClientError as exc:
+        fail(str(exc))
+    if include:
+        sys.stdout.write(f"HTTP {response.status_code}\n")
+        for key, value in response.headers.items():
+            sys.stdout.write(f"{key}: {value}\n")
+        sys.stdout.write("\n")
+    if response.status_code >= 400:
+        try:
+            reason = response.json().get("reason", response.text)
+        except ValueError:
+            reason = response.text
+        fail(f"{reason} ({response.status_code})")
+    sys.stdout.write(response.text + ("" if response.text.endswith("\n") else "\n"))
+
+
+@app.command("ls")
+def list_functions(output: OutputOption = Output.TABLE, url: UrlOption = None) -> None:
+    """List functions."""
+    try:
+        functions = client_for(url).list_functions()
+    except ClientError as exc:
+        fail(str(exc))
+    if output is Output.JSON:
+        print_json({"functions": functions})
+        return
+    table = Table("NAME", "VERSION", "READY", "STARTING", "URL", box=None)
+    for item in functions:
+        table.add_row(item["name"], item["version"], str(item["ready"]), str(item["starting"]), item["url"])
+    out.print(table)
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@app.command()
+def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = None) -> None:
+    """Show a function: configuration, instances, scaling decisions, last init error, versions."""
+    try:
+        info = client_for(url).describe(name)
+    except ClientError as exc:
+        fail(str(exc))
+    if output is Output.JSON:
+        print_json(info)
+        return
+    manifest = info.get("manifest") or {}
+    scaling = manifest.get("scaling", {})
+    out.print(f"[bold]{info['name']}[/bold]  version {info['version']}  {info['url']}")
+    out.print(
+        f"handler {manifest.get('handler')} ({manifest.get('handler_style')})  timeout {manifest.get('timeout')}s"
+        f"  memory {int(manifest.get('memory', 0)) // 1024**2}Mi  concurrency {manifest.get('concurrency')}"
+    )
+    out.print(
+        f"scaling min {scaling.get('min')} max {scaling.get('max')} utilization {scaling.get('utilization')}"
+        f"  scale_down_delay {scaling.get('scale_down_delay')}s"
+        f"  scale_to_zero_grace {scaling.get('scale_to_zero_grace')}s"
+        f"  desired {info['scaling']['desired']}"
+    )
+    error = info.get("last_init_error")
+    if error:
+        out.print(f"[red]last init error[/red] {_when(error['at'])}: {error['error_type']}: {error['detail']}")
+    instances = Table("INSTANCE", "VERSION", "STATE", "STARTED", box=None, title="instances", title_justify="left")
+    for item in info["instances"]:
+        instances.add_row(item["id"], item["version"], item["state"], _when(item["started_at"]))
+    out.print(instances)
+    decisions = Table("AT", "DESIRED", "REASON", box=None, title="scaling decisions", title_justify="left")
+    for item in info["scaling"]["decisions"]:
+        decisions.add_row(_when(item["at"]), str(item["desired"]), item["reason"])
+    out.print(decisions)
+    versions = Table("VERSION", "CREATED", "CODE", box=None, title="versions", title_justify="left")
+    for item in info["versions"]:
+        versions.add_row(item["version"], _when(item["created_at"]), item["code_digest"][:12])
+    out.print(versions)
+
+
+def format_log(record: dict[str, Any]) -> str:
+    """`2026-11-22T10:00:00.123 [a1b2] [c3d4e5f6] message`."""
+    ts = record.get("ts")
+    when = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if ts else "-"
+    instance = str(record.get("instance") or "-")[-4:]
+    invocation = str(record.get("invocation_id") or "-")[-8:]
+    marker = {"stderr": " !", "system": " *"}.get(str(record.get("stream")), "")
+    return f"{when} [{instance}] [{invocation}]{marker} {record.get('message', '')}"
+
+
+@app.command()
+def logs(
+    name: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
+    tail: Annotated[int, typer.Option(help="Lines from the end")] = 100,
+    output: OutputOption = Output.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """Print a function's logs (stdout, stderr and platform events), each line with its invocation id."""
+    try:
+        for record in client_for(url).logs(name, tail=tail, follow=follow):
+            line = json.dumps(record) if output is Output.JSON else format_log(record)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except ClientError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Delete a function: its routes go at once, its instances drain and stop."""
+    if not yes and not typer.confirm(f"delete function {name}?"):
+        raise typer.Exit(1)
+    try:
+        client_for(url).delete(name)
+    except ClientError as exc:
+        fail(str(exc))
+    out.print(f"deleted {name}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of nest.yaml (for editors)."""
+    print_json(json_schema())
+
+
+@app.command()
+def version() -> None:
+    """Print Nest's version."""
+    from importlib.metadata import version as package_version
+
+    out.print(package_version("nest-faas"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
