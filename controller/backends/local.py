@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-import runtime
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from nest.contracts.model import InitFailure, InstanceAddress
 
@@ -78,7 +77,7 @@ class LocalBackend:
         self._on_event = on_event
         self._processes: dict[InstanceId, _Process] = {}
         self._group: asyncio.TaskGroup | None = None
-        self._import_root = str(Path(runtime.__file__).resolve().parent.parent)
+        self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
         for sub in ("sockets", "instances"):
