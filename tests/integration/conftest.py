@@ -109,12 +109,13 @@ class Platform:
 
 def start_platform(data_dir: Path, work: Path, *, port: int | None = None) -> Platform:
     port = port or free_port()
-    log = (data_dir.parent / f"nest-up-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [NEST, "up", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (data_dir.parent / f"nest-up-{port}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [NEST, "up", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
