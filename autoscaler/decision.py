@@ -61,17 +61,17 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     per_instance = spec.target_concurrency * spec.utilization
     observed = max(seen.concurrency, float(seen.in_flight + seen.queued))
     wanted = math.ceil(observed / per_instance - 1e-9) if observed > 0 else 0
-    activating = wanted == 0 and (seen.queued > 0 or seen.poked)
-    if activating:
-        wanted = 1
+    waking = seen.current == 0 and (seen.queued > 0 or seen.poked)
+    if waking:
+        wanted = max(wanted, 1)
     horizon = now - spec.scale_down_delay_s
-    kept = tuple(item for item in state.recommendations if item[0] > horizon and item[0] < now)
+    kept = tuple(item for item in state.recommendations if item[0] > horizon)
     recommendations = (*kept, (now, wanted))
     held = max(count for _, count in recommendations)
     next_state = replace(state, recommendations=recommendations, last_active=last_active)
     desired, reason = _explain(spec, seen, now, wanted=wanted, held=held, observed=observed, last_active=last_active)
-    if activating and desired >= 1 and seen.current == 0:
-        reason = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances"
+    if waking and desired >= 1:
+        reason = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances → {desired}"
     return Decision(desired, reason, next_state)
 
 

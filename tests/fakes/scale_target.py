@@ -1,0 +1,24 @@
+"""`FakeScaleTarget`: versions with specs and instance counts; records every scale call (`ScaleTarget` port)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nest.contracts.model import ScalingSpec, VersionKey
+
+
+class FakeScaleTarget:
+    def __init__(self) -> None:
+        self.versions: dict[VersionKey, tuple[ScalingSpec, int]] = {}
+        self.calls: list[tuple[VersionKey, int, str]] = []
+        self.follow = True
+        """Make the instance count follow the desired count at once, as a perfect backend would."""
+
+    def scalables(self) -> dict[VersionKey, tuple[ScalingSpec, int]]:
+        return dict(self.versions)
+
+    async def scale(self, key: VersionKey, desired: int, reason: str) -> None:
+        self.calls.append((key, desired, reason))
+        if self.follow and key in self.versions:
+            self.versions[key] = (self.versions[key][0], desired)
