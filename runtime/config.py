@@ -20,6 +20,8 @@ class RuntimeConfig:
     memory_bytes: int
     status_fd: int
     debug: bool = False
+    memory_rlimit: bool = True
+    """Cap the address space (False when the backend put the instance in a memory cgroup instead)."""
     tcp_port: int = 0
     """Also listen on 127.0.0.1:PORT (benchmarks measure an instance directly with it); 0 means no."""
 
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> RuntimeConfig:
     parser.add_argument("--status-fd", type=int, default=-1)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--tcp-port", type=int, default=0)
+    parser.add_argument("--no-memory-rlimit", action="store_true", help="memory is capped by a cgroup")
     args = parser.parse_args(argv)
     return RuntimeConfig(
         socket=args.socket,
@@ -54,4 +57,5 @@ def parse_args(argv: list[str] | None = None) -> RuntimeConfig:
         status_fd=args.status_fd,
         debug=args.debug,
         tcp_port=args.tcp_port,
+        memory_rlimit=not args.no_memory_rlimit,
     )

@@ -12,6 +12,8 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 THREAD_STACK_BYTES = 8 * 1024**2
+MALLOC_ARENAS_BYTES = 2 * 64 * 1024**2
+"""glibc reserves 64 MiB of address space per malloc arena; the backend sets MALLOC_ARENA_MAX=2."""
 
 
 def die_with_parent() -> None:
@@ -28,15 +30,18 @@ def virtual_size() -> int:
     return pages * resource.getpagesize()
 
 
-def limit_memory(memory_bytes: int, concurrency: int) -> str:
-    """Cap the address space at what the interpreter already maps, plus `memory`, plus thread stacks.
+def limit_memory(memory_bytes: int, concurrency: int, *, address_space: bool = True) -> str:
+    """Cap the address space at what the interpreter already maps, plus `memory`, thread stacks and arenas.
 
-    Approximate by nature (address space is not resident memory); exact limits need cgroups. Returns what was
-    set, for the instance's system log.
+    Approximate by nature (address space is not resident memory); where the backend placed the instance in a
+    memory cgroup (exact), `address_space` is False and only core dumps are turned off. Returns what was set,
+    for the instance's system log.
     """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if not address_space:
+        return "memory capped by the instance's cgroup"
     try:
-        limit = virtual_size() + memory_bytes + (concurrency + 4) * THREAD_STACK_BYTES
+        limit = virtual_size() + memory_bytes + (concurrency + 4) * THREAD_STACK_BYTES + MALLOC_ARENAS_BYTES
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (OSError, ValueError) as exc:
         return f"memory limit not applied: {exc}"

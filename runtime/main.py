@@ -83,7 +83,7 @@ def run(config: RuntimeConfig) -> int:
     sink = LogSink(function=config.function, version=config.version, instance=config.instance)
     sys.stdout = CapturedStream(sink, stream="stdout", fd=1)
     sys.stderr = CapturedStream(sink, stream="stderr", fd=2)
-    sink.system(limit_memory(config.memory_bytes, config.concurrency))
+    sink.system(limit_memory(config.memory_bytes, config.concurrency, address_space=config.memory_rlimit))
     try:
         handler = load_handler(config.code_dir, config.handler, style=config.style)
     except MemoryError:

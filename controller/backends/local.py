@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
+from controller.backends.cgroups import Cgroups, detect
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class LocalBackendConfig:
     health_failures: int = 2
     start_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    use_cgroups: bool = True
+    """Cap memory with a cgroup where the machine allows it (the runtime's rlimit applies everywhere)."""
 
 
 @dataclass(slots=True)
@@ -66,6 +69,7 @@ class _Process:
     stop_requested: bool = False
     failed_pings: int = 0
     timed_out: bool = False
+    cgroup: Path | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -77,12 +81,16 @@ class LocalBackend:
         self._on_event = on_event
         self._processes: dict[InstanceId, _Process] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._cgroups: Cgroups | None = None
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
         for sub in ("sockets", "instances"):
             (self._config.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self._config.log_dir.mkdir(parents=True, exist_ok=True)
+        if self._config.use_cgroups:
+            self._cgroups = await asyncio.to_thread(detect)
+            logger.info("memory limits: %s", f"cgroups under {self._cgroups.base}" if self._cgroups else "rlimits only")
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -100,6 +108,7 @@ class LocalBackend:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONPATH": python_path,
+            "MALLOC_ARENA_MAX": "2",  # bounds the address space threads reserve (see runtime/limits.py)
             "HOME": str(workdir),
             "TMPDIR": str(workdir),
             "NEST_FUNCTION": spec.key.function,
@@ -137,6 +146,7 @@ class LocalBackend:
             *("--concurrency", str(spec.concurrency), "--memory-bytes", str(spec.memory_bytes)),
             *("--status-fd", str(write_end)),
             *(["--debug"] if spec.debug else []),
+            *(["--no-memory-rlimit"] if self._cgroups is not None else []),
         ]
         try:
             process = await asyncio.create_subprocess_exec(
@@ -158,6 +168,8 @@ class LocalBackend:
             os.close(write_end)
             os.close(log_fd)
         entry = _Process(spec, process, socket_path, workdir)
+        if self._cgroups is not None:
+            entry.cgroup = self._cgroups.place(spec.instance_id, process.pid, spec.memory_bytes)
         self._processes[spec.instance_id] = entry
         self._group.create_task(self._watch(entry, read_end))
 
@@ -177,6 +189,8 @@ class LocalBackend:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.socket_path)
         shutil.rmtree(entry.workdir, ignore_errors=True)
+        if entry.cgroup is not None:
+            Cgroups.remove(entry.cgroup)
         self._emit(
             InstanceEvent(EventKind.EXITED, spec.instance_id, spec.key, exit_code=code, requested=entry.stop_requested)
         )

@@ -85,6 +85,7 @@ class _Client(asyncio.Protocol):
         self.request, self.deadline, self.done = request, deadline, done
         self.buffer = bytearray()
         self.count = 0
+        self.errors = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,7 +103,10 @@ class _Client(asyncio.Protocol):
             if len(self.buffer) < head_end + length:
                 return
             del self.buffer[: head_end + length]
-            self.count += 1
+            if head[9:12] == b"200":
+                self.count += 1
+            else:
+                self.errors += 1
             if time.monotonic() >= self.deadline:
                 self.transport.close()
                 return
@@ -110,7 +114,10 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
-            self.done.set_result(self.count)
+            if self.errors:
+                self.done.set_exception(RuntimeError(f"{self.errors} non-200 responses during the throughput run"))
+            else:
+                self.done.set_result(self.count)
 
 
 async def _throughput(target: Target, connections: int, duration_s: float) -> float:
