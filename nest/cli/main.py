@@ -66,12 +66,22 @@ def up(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     data_dir: Annotated[Path | None, typer.Option(help="State directory (default: $NEST_DATA_DIR or ~/.nest)")] = None,
+    health_interval: Annotated[float, typer.Option(help="Seconds between liveness pings of each instance")] = 5.0,
+    activation_timeout: Annotated[float, typer.Option(help="Seconds a request may wait for an instance")] = 30.0,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
 
     directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
-    serve(EmbeddedConfig(host=host, port=port, data_dir=directory))
+    serve(
+        EmbeddedConfig(
+            host=host,
+            port=port,
+            data_dir=directory,
+            health_interval_s=health_interval,
+            activation_timeout_s=activation_timeout,
+        )
+    )
 
 
 @app.command()

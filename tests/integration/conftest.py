@@ -112,7 +112,7 @@ def start_platform(data_dir: Path, work: Path, *, port: int | None = None) -> Pl
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with (data_dir.parent / f"nest-up-{port}.log").open("wb") as log:
         process = subprocess.Popen(
-            [NEST, "up", "--port", str(port), "--data-dir", str(data_dir)],
+            [NEST, "up", "--port", str(port), "--data-dir", str(data_dir), "--health-interval", "0.5"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -76,3 +76,22 @@ def test_a_second_nest_up_finds_its_functions_and_ctrl_c_leaves_nothing_running(
             assert http.get("/function/survivor").text == "still here"
     finally:
         assert stop_platform(second) == []
+
+
+def test_a_hung_instance_fails_its_liveness_ping_and_is_replaced(platform: Platform) -> None:
+    platform.deploy(
+        "hangs",
+        "import os, time\n\nasync def handle(request):\n"
+        "    if request.query.get('hang'):\n        time.sleep(3600)  # blocks the instance's event loop\n"
+        "    return {'pid': os.getpid()}\n",
+        "scaling: {min: 1}\ntimeout: 15m\n",
+    )
+    with platform.http() as http:
+        platform.wait_for(lambda: http.get("/function/hangs").status_code == 200, what="hangs up")
+        pid = http.get("/function/hangs").json()["pid"]
+        hung = http.get("/function/hangs", params={"hang": "1"}, timeout=30)
+        assert hung.status_code == 502  # killed under the request: the gateway says the instance went away
+        platform.wait_for(
+            lambda: http.get("/function/hangs", timeout=30).json().get("pid") not in {None, pid},
+            what="a healthy replacement",
+        )

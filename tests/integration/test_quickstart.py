@@ -137,3 +137,30 @@ def test_the_control_api_serves_openapi_metrics_and_health(platform: Platform) -
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").status_code == 200
         assert "nest_gateway_requests" in http.get("/metrics").text
+
+
+def test_logs_follow_streams_new_lines(platform: Platform) -> None:
+    import subprocess
+    import time
+
+    from tests.integration.conftest import NEST
+
+    platform.deploy("follower", "def handle(request):\n    print('line', request.query['n'])\n    return 'ok'\n")
+    follower = subprocess.Popen(
+        [NEST, "logs", "follower", "-f", "--tail", "0", "--url", platform.url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        with platform.http() as http:
+            assert http.get("/function/follower", params={"n": "7"}).text == "ok"
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 15
+        seen = ""
+        while time.monotonic() < deadline and "line 7" not in seen:
+            seen += follower.stdout.readline()
+        assert "line 7" in seen
+    finally:
+        follower.terminate()
+        follower.communicate(timeout=10)
