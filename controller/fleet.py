@@ -159,7 +159,7 @@ class Fleet:
             self._publisher.report_init_failure(event.failure)
         elif event.kind is EventKind.EXITED:
             del self._instances[event.instance_id]
-            if instance.state is InstanceState.READY:
+            if instance.state is InstanceState.READY and not event.requested:
                 logger.warning("instance %s exited unexpectedly (code %s)", event.instance_id, event.exit_code)
             self._publish(key)
         elif event.kind is EventKind.UNHEALTHY:
@@ -180,8 +180,11 @@ class Fleet:
     async def run(self) -> None:
         """Reconcile on every change and once a second, until cancelled."""
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the event is set,
+            # which is exactly what happens at shutdown (instances exiting set it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_EVERY_S)
+                async with asyncio.timeout(RECONCILE_EVERY_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.reconcile()

@@ -74,6 +74,7 @@ def template_of(key: VersionKey, manifest: Manifest, code_dir: Path) -> Instance
         memory_bytes=manifest.memory,
         concurrency=manifest.concurrency,
         debug=manifest.debug,
+        pool=manifest.pool,
     )
 
 

@@ -33,6 +33,8 @@ class InstanceSpec:
     memory_bytes: int = 256 * 1024**2
     concurrency: int = 10
     debug: bool = False
+    pool: str = "default"
+    """The warm pool to fork from, or `none` for a fresh interpreter."""
 
 
 class EventKind(StrEnum):

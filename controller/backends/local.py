@@ -31,6 +31,7 @@ import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect
+from controller.warmpool import ForkedProcess, ZygotePool, become_subreaper
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
@@ -56,13 +57,16 @@ class LocalBackendConfig:
     start_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     use_cgroups: bool = True
+    warm_pool: bool = True
+    """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
     """Cap memory with a cgroup where the machine allows it (the runtime's rlimit applies everywhere)."""
 
 
 @dataclass(slots=True)
 class _Process:
     spec: InstanceSpec
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | ForkedProcess | None
+    """None until a pool-forked instance announced its pid."""
     socket_path: str
     workdir: Path
     ready: bool = False
@@ -82,6 +86,7 @@ class LocalBackend:
         self._processes: dict[InstanceId, _Process] = {}
         self._group: asyncio.TaskGroup | None = None
         self._cgroups: Cgroups | None = None
+        self._pool: ZygotePool | None = None
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
@@ -91,6 +96,8 @@ class LocalBackend:
         if self._config.use_cgroups:
             self._cgroups = await asyncio.to_thread(detect)
             logger.info("memory limits: %s", f"cgroups under {self._cgroups.base}" if self._cgroups else "rlimits only")
+        if self._config.warm_pool:
+            await self._start_pool()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -99,6 +106,23 @@ class LocalBackend:
             self._group = None
             for entry in list(self._processes.values()):
                 _kill(entry.process)
+            if self._pool is not None:
+                await self._pool.close()
+
+    async def _start_pool(self) -> None:
+        if not become_subreaper():
+            logger.warning("warm pool off: this platform cannot adopt forked instances (no PR_SET_CHILD_SUBREAPER)")
+            return
+        pool = ZygotePool(
+            "default", self._config.run_dir / "zygote-default.sock", self._config.python, self._import_root
+        )
+        try:
+            await pool.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            logger.warning("warm pool off: %s; instances start as fresh interpreters", exc)
+            await pool.close()
+            return
+        self._pool = pool
 
     def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
         python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
@@ -140,26 +164,31 @@ class LocalBackend:
         read_end, write_end = os.pipe()
         log_fd = self._open_log(spec.key.function)
         arguments = [
-            *("-m", self._config.runtime_module, "--socket", socket_path, "--code-dir", str(spec.code_dir)),
+            *("--socket", socket_path, "--code-dir", str(spec.code_dir)),
             *("--handler", spec.handler, "--style", spec.handler_style, "--function", spec.key.function),
             *("--version", spec.key.version, "--instance", spec.instance_id, "--timeout", str(spec.timeout_s)),
             *("--concurrency", str(spec.concurrency), "--memory-bytes", str(spec.memory_bytes)),
-            *("--status-fd", str(write_end)),
             *(["--debug"] if spec.debug else []),
             *(["--no-memory-rlimit"] if self._cgroups is not None else []),
         ]
+        env = self._environment(spec, workdir)
         try:
-            process = await asyncio.create_subprocess_exec(
-                self._config.python,
-                *arguments,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                pass_fds=(write_end,),
-                cwd=workdir,
-                env=self._environment(spec, workdir),
-                start_new_session=True,
-            )
+            if self._pool is not None and spec.pool != "none":
+                request = {"argv": arguments, "env": env, "cwd": str(workdir), "platform_pid": os.getpid()}
+                await self._pool.spawn(request, status_fd=write_end, log_fd=log_fd)
+                process: asyncio.subprocess.Process | None = None
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    self._config.python,
+                    *("-m", self._config.runtime_module, *arguments, "--status-fd", str(write_end)),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    pass_fds=(write_end,),
+                    cwd=workdir,
+                    env=env,
+                    start_new_session=True,
+                )
         except BaseException:
             os.close(read_end)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -168,14 +197,24 @@ class LocalBackend:
             os.close(write_end)
             os.close(log_fd)
         entry = _Process(spec, process, socket_path, workdir)
-        if self._cgroups is not None:
-            entry.cgroup = self._cgroups.place(spec.instance_id, process.pid, spec.memory_bytes)
+        if process is not None:
+            self._confine(entry, process.pid)
         self._processes[spec.instance_id] = entry
         self._group.create_task(self._watch(entry, read_end))
 
+    def _confine(self, entry: _Process, pid: int) -> None:
+        if self._cgroups is not None:
+            entry.cgroup = self._cgroups.place(entry.spec.instance_id, pid, entry.spec.memory_bytes)
+
     async def _watch(self, entry: _Process, read_end: int) -> None:
         spec = entry.spec
-        line = await self._status_line(entry, read_end)
+        line = await self._read_status(entry, read_end)
+        if entry.process is None:  # the pool never forked it
+            failure = InitFailure(spec.key, "PoolError", "the warm pool could not fork an instance", at=time.time())
+            self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))
+            self._cleanup(entry)
+            self._emit(InstanceEvent(EventKind.EXITED, spec.instance_id, spec.key, requested=entry.stop_requested))
+            return
         if line is not None and line.get("event") == "ready":
             entry.ready = True
             address = InstanceAddress(spec.instance_id, spec.key, entry.socket_path, spec.concurrency)
@@ -184,19 +223,23 @@ class LocalBackend:
             failure = self._failure(entry, line)
             self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))
         code = await entry.process.wait()
+        self._cleanup(entry)
+        self._emit(
+            InstanceEvent(EventKind.EXITED, spec.instance_id, spec.key, exit_code=code, requested=entry.stop_requested)
+        )
+
+    def _cleanup(self, entry: _Process) -> None:
         entry.exited.set()
-        self._processes.pop(spec.instance_id, None)
+        self._processes.pop(entry.spec.instance_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.socket_path)
         shutil.rmtree(entry.workdir, ignore_errors=True)
         if entry.cgroup is not None:
             Cgroups.remove(entry.cgroup)
-        self._emit(
-            InstanceEvent(EventKind.EXITED, spec.instance_id, spec.key, exit_code=code, requested=entry.stop_requested)
-        )
 
-    async def _status_line(self, entry: _Process, read_end: int) -> dict[str, object] | None:
-        """The one JSON line the runtime writes on its status pipe; None if it exits or hangs first."""
+    async def _read_status(self, entry: _Process, read_end: int) -> dict[str, object] | None:
+        """The runtime's status line (after the pool's `forked` line, for a forked instance); None if the
+        instance exits or hangs before it says anything."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STATUS_LINE_MAX)
         transport, _ = await loop.connect_read_pipe(
@@ -204,20 +247,22 @@ class LocalBackend:
         )
         try:
             async with asyncio.timeout(self._config.start_timeout_s):
-                raw = await reader.readline()
+                line = await _next_line(reader)
+                if entry.process is None:
+                    if line is None or line.get("event") != "forked":
+                        return None
+                    entry.process = ForkedProcess(int(str(line["pid"])))
+                    self._confine(entry, entry.process.pid)
+                    if entry.stop_requested:
+                        _kill(entry.process)
+                    line = await _next_line(reader)
+                return line
         except TimeoutError:
             _kill(entry.process)
             entry.timed_out = True
             return None
-        except ValueError:
-            return None
         finally:
             transport.close()
-        try:
-            line = json.loads(raw) if raw else None
-        except ValueError:
-            return None
-        return line if isinstance(line, dict) else None
 
     def _failure(self, entry: _Process, line: dict[str, object] | None) -> InitFailure:
         key = entry.spec.key
@@ -232,7 +277,7 @@ class LocalBackend:
         if entry.timed_out:
             detail = f"the instance did not become ready within {self._config.start_timeout_s:g}s; see `nest logs`"
             return InitFailure(key, "StartTimeout", detail, at=time.time())
-        code = entry.process.returncode
+        code = entry.process.returncode if entry.process is not None else None
         detail = f"the instance exited (code {code}) before it became ready; see `nest logs {key.function}`"
         return InitFailure(key, "InstanceCrashed", detail, at=time.time())
 
@@ -247,8 +292,9 @@ class LocalBackend:
         if entry is None:
             return
         entry.stop_requested = True
-        with contextlib.suppress(ProcessLookupError):
-            entry.process.send_signal(signal.SIGTERM)
+        if entry.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                entry.process.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(grace_s):
                 await entry.exited.wait()
@@ -277,16 +323,26 @@ class LocalBackend:
             entry.failed_pings = 0
             return
         entry.failed_pings += 1
-        if entry.failed_pings >= self._config.health_failures and entry.process.returncode is None:
+        alive = entry.process is not None and entry.process.returncode is None
+        if entry.failed_pings >= self._config.health_failures and alive:
             spec = entry.spec
             self._emit(InstanceEvent(EventKind.UNHEALTHY, spec.instance_id, spec.key, detail="liveness ping failed"))
             entry.stop_requested = True
             _kill(entry.process)
 
 
-def _kill(process: asyncio.subprocess.Process) -> None:
+async def _next_line(reader: asyncio.StreamReader) -> dict[str, object] | None:
+    try:
+        raw = await reader.readline()
+        line = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
+def _kill(process: asyncio.subprocess.Process | ForkedProcess | None) -> None:
     """SIGKILL the instance's whole process group (it runs in its own session)."""
-    if process.returncode is not None:
+    if process is None or process.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)

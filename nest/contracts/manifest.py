@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -191,6 +191,9 @@ class Manifest(_Strict):
     concurrency: int = Field(10, ge=1, le=1000, description="Max in-flight requests per instance.")
     max_body: Size = Field(6 * 1000**2, ge=1, le=100 * 1000**2, description="Largest request body accepted.")
     debug: bool = Field(False, description="Include stack traces in error responses.")
+    pool: Literal["default", "none"] = Field(
+        "default", description="Warm pool to fork instances from ('none': a fresh interpreter per instance)."
+    )
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)
 

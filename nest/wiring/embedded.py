@@ -132,9 +132,11 @@ async def run(config: EmbeddedConfig) -> None:
             await fleet.shutdown(grace_s=config.drain_timeout_s)
             for task in background:
                 task.cancel()
+        logger.info("background stopped")
     finally:
         pool.close()
         await store.close()
+        logger.info("state closed")
 
 
 def serve(config: EmbeddedConfig) -> None:

@@ -1,0 +1,164 @@
+"""The warm pool on one machine: a zygote process per pool that forks instances in milliseconds.
+
+`ZygotePool.start()` launches `python -m runtime.zygote` (which imports the runtime and the pool's preloads once)
+and connects to its control socket; `spawn()` sends one request with the instance's status pipe and log file
+attached and returns at once: the instance announces its pid (`{"event": "forked"}`) and then its readiness on
+the status pipe, like a freshly started one. The platform process is made a child subreaper, so forked
+instances are re-parented to it (they survive a zygote crash) and `ForkedProcess` can wait for them through a
+pidfd. A pool whose zygote died is restarted on the next spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+logger = logging.getLogger("nest.warmpool")
+
+PR_SET_CHILD_SUBREAPER = 36
+DEFAULT_PRELOAD = ("json", "asyncio", "concurrent.futures", "starlette.applications", "nest.sdk")
+"""What every default-pool instance finds imported: the runtime itself plus modules most handlers touch."""
+ZYGOTE_START_TIMEOUT_S = 30.0
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (the zygote's grandchildren). Linux only; False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+class ForkedProcess:
+    """An instance forked by a zygote and re-parented to us: the subset of `asyncio.subprocess.Process` we use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._done: asyncio.Future[int] | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                self._reap()
+                return self.returncode if self.returncode is not None else -1
+            loop.add_reader(pidfd, self._on_exit, loop, pidfd)
+        return await asyncio.shield(self._done)
+
+    def _on_exit(self, loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        self._reap()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(self.returncode if self.returncode is not None else -1)
+
+    def _reap(self) -> None:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            self.returncode = -1  # not our child after all (no subreaper): the exit code is unknowable
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+
+@dataclass(slots=True)
+class ZygotePool:
+    """One pool: its zygote process and the control connection to it."""
+
+    name: str
+    control_path: Path
+    python: str
+    import_root: str
+    preload: tuple[str, ...] = DEFAULT_PRELOAD
+    process: asyncio.subprocess.Process | None = None
+    connection: socket.socket | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def start(self) -> None:
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "PYTHONPATH": self.import_root, "MALLOC_ARENA_MAX": "2"}
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                self.python,
+                *("-m", "runtime.zygote", "--control-socket", str(self.control_path)),
+                *("--preload", ",".join(self.preload), "--status-fd", str(write_end)),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_end)
+        async with asyncio.timeout(ZYGOTE_START_TIMEOUT_S):
+            line = await asyncio.to_thread(_read_line, read_end)
+        if not line or json.loads(line).get("event") != "ready":
+            raise RuntimeError(f"the {self.name} pool's zygote did not start (exit code {self.process.returncode})")
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        connection.connect(str(self.control_path))
+        self.connection = connection
+        logger.info("warm pool %r ready (zygote pid %d, preloads %s)", self.name, self.process.pid, self.preload)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None and self.connection is not None
+
+    async def spawn(self, request: dict[str, object], *, status_fd: int, log_fd: int) -> None:
+        """Ask the zygote to fork an instance; the fds are passed to it (ours stay open for the caller to close)."""
+        async with self._lock:
+            if not self.alive:
+                await self.close()
+                await self.start()
+            assert self.connection is not None
+            payload = json.dumps(request).encode()
+            try:
+                socket.send_fds(self.connection, [payload], [status_fd, log_fd])
+            except OSError:
+                await self.close()
+                await self.start()
+                socket.send_fds(self.connection, [payload], [status_fd, log_fd])
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(5):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.process = None
+
+
+def _read_line(fd: int) -> bytes:
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
