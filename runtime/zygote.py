@@ -33,9 +33,14 @@ import sys
 import time
 from typing import Any
 
+import uvicorn.lifespan.off
+import uvicorn.lifespan.on
+import uvicorn.protocols.http.httptools_impl
+import uvicorn.protocols.websockets.auto  # noqa: F401 - the modules uvicorn imports lazily at start (~5 ms)
+
 import runtime.main
 from runtime.config import parse_args
-from runtime.limits import die_with_parent
+from runtime.limits import die_with_parent, set_process_name
 
 MESSAGE_MAX = 256 * 1024
 REPARENT_WAIT_S = 1.0
@@ -68,6 +73,7 @@ def _become_instance(request: dict[str, Any], status_fd: int, log_fd: int, closi
         if os.getppid() != request["platform_pid"]:
             os._exit(71)  # the platform is gone (or is not our subreaper): do not run unsupervised
         os.write(status_fd, json.dumps({"event": "forked", "pid": os.getpid()}).encode() + b"\n")
+        set_process_name("nest:" + request["env"].get("NEST_FUNCTION", "instance"))
         argv = [*request["argv"], "--status-fd", str(status_fd)]
         code = runtime.main.run(parse_args(argv))
     except BaseException as exc:
@@ -90,6 +96,7 @@ def _spawn(request: dict[str, Any], fds: list[int], closing: list[socket.socket]
 
 def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     die_with_parent()
+    set_process_name("nest-zygote")
     for module in preload:
         importlib.import_module(module)
     gc.collect()

@@ -115,6 +115,7 @@ def start_platform(data_dir: Path, work: Path, *, port: int | None = None) -> Pl
             [NEST, "up", "--port", str(port), "--data-dir", str(data_dir), "--health-interval", "0.5"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "NEST_LEAK_CHECK": "the platform's environment must not reach functions"},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -1,0 +1,71 @@
+"""Instances forked from the warm pool's zygote: served like fresh ones, isolated from the platform, and still
+served when the zygote dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Platform
+
+PROBE = """
+import os, sys
+
+def handle(request):
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "preloaded": "starlette.applications" in sys.modules,
+        "leak": os.environ.get("NEST_LEAK_CHECK"),
+        "mine": os.environ.get("MINE"),
+        "cwd": os.getcwd(),
+    }
+"""
+
+
+def zygote_pids(platform: Platform) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if name == "nest-zygote" and int(stat[1]) == platform.process.pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_pool_and_fresh_instances_serve_alike_and_see_only_their_environment(platform: Platform) -> None:
+    platform.deploy("pooled", PROBE, "env: {MINE: pooled}\n")
+    platform.deploy("fresh", PROBE, "env: {MINE: fresh}\npool: none\n")
+    with platform.http() as http:
+        pooled = http.get("/function/pooled").json()
+        fresh = http.get("/function/fresh").json()
+    assert pooled["preloaded"] is True, "the pool's preloads are already imported"
+    assert fresh["preloaded"] is False
+    for seen, mine in ((pooled, "pooled"), (fresh, "fresh")):
+        assert seen["mine"] == mine
+        assert seen["leak"] is None, "nothing of the platform's environment reaches the function"
+        assert seen["ppid"] == platform.process.pid, "instances are the platform's children (it is their reaper)"
+        assert seen["cwd"].endswith(os.sep + "instances" + os.sep + os.path.basename(seen["cwd"]))
+
+
+def test_instances_survive_a_zygote_crash_and_the_pool_comes_back(platform: Platform) -> None:
+    platform.deploy("survives", PROBE, "scaling: {min: 1, max: 2}\n")
+    with platform.http() as http:
+        platform.wait_for(lambda: http.get("/function/survives").status_code == 200, what="survives up")
+        before = http.get("/function/survives").json()["pid"]
+        for pid in zygote_pids(platform):
+            os.kill(pid, signal.SIGKILL)
+        assert http.get("/function/survives").status_code == 200
+        os.kill(before, 0)  # the instance forked by the dead zygote is still alive
+    platform.deploy("after-crash", PROBE)
+    with platform.http() as http:
+        after = http.get("/function/after-crash")
+    assert after.status_code == 200
+    assert after.json()["preloaded"] is True, "a new zygote was started for the next cold start"
