@@ -95,3 +95,62 @@ def test_a_hung_instance_fails_its_liveness_ping_and_is_replaced(platform: Platf
             lambda: http.get("/function/hangs", timeout=30).json().get("pid") not in {None, pid},
             what="a healthy replacement",
         )
+
+
+SLOW = """
+import asyncio
+
+async def handle(request):
+    await asyncio.sleep(float(request.query.get("s", "0")))
+    return "VERSION"
+"""
+
+
+def test_a_redeploy_drains_requests_in_flight_on_the_old_version(platform: Platform) -> None:
+    import threading
+
+    platform.deploy("drainer", SLOW.replace("VERSION", "v1"), "timeout: 60s\n")
+    results: list[str] = []
+    with platform.http() as http:
+        assert http.get("/function/drainer").text == "v1"
+        slow = threading.Thread(target=lambda: results.append(http.get("/function/drainer", params={"s": "2"}).text))
+        slow.start()
+        platform.wait_for(lambda: _gauge(platform, "drainer")["in_flight"], what="the slow request in flight")
+        platform.deploy("drainer", SLOW.replace("VERSION", "v2"), "timeout: 60s\n")
+        assert http.get("/function/drainer").text == "v2"
+        slow.join(30)
+    assert results == ["v1"], "the request on the old version finished before its instance stopped"
+
+
+def test_ctrl_c_lets_requests_in_flight_finish(tmp_path: Path) -> None:
+    import threading
+
+    running = start_platform(tmp_path / "data", tmp_path / "work")
+    results: list[int] = []
+    try:
+        running.deploy("patient", SLOW.replace("VERSION", "done"), "timeout: 60s\n")
+        with running.http() as http:
+            assert http.get("/function/patient").text == "done"
+            slow = threading.Thread(
+                target=lambda: results.append(http.get("/function/patient", params={"s": "1.5"}).status_code)
+            )
+            slow.start()
+            running.wait_for(lambda: _gauge(running, "patient").get("in_flight"), what="the request in flight")
+            leftovers = stop_platform(running)
+            slow.join(30)
+    finally:
+        if running.process.poll() is None:
+            stop_platform(running)
+    assert results == [200]
+    assert leftovers == []
+
+
+def _gauge(platform: Platform, function: str) -> dict[str, float]:
+    """In-flight requests of a function, read from /metrics."""
+    with platform.http() as http:
+        text = http.get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("nest_gateway_in_flight{") and f'function="{function}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return {"in_flight": total}
