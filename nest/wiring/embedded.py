@@ -113,6 +113,8 @@ async def run(config: EmbeddedConfig) -> None:
             access_log=False,
             log_level="info",
             timeout_keep_alive=30,
+            proxy_headers=False,  # Nest is the edge here; X-Forwarded-* from clients are not trusted
+            server_header=False,
             timeout_graceful_shutdown=int(config.drain_timeout_s),
         )
     )
