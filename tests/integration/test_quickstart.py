@@ -140,6 +140,7 @@ def test_the_control_api_serves_openapi_metrics_and_health(platform: Platform) -
 
 
 def test_logs_follow_streams_new_lines(platform: Platform) -> None:
+    import select
     import subprocess
     import time
 
@@ -147,20 +148,31 @@ def test_logs_follow_streams_new_lines(platform: Platform) -> None:
 
     platform.deploy("follower", "def handle(request):\n    print('line', request.query['n'])\n    return 'ok'\n")
     follower = subprocess.Popen(
-        [NEST, "logs", "follower", "-f", "--tail", "0", "--url", platform.url],
-        stdout=subprocess.PIPE,
-        text=True,
+        [NEST, "logs", "follower", "-f", "--url", platform.url], stdout=subprocess.PIPE, text=True
     )
+    assert follower.stdout is not None
     try:
-        time.sleep(0.5)
-        with platform.http() as http:
-            assert http.get("/function/follower", params={"n": "7"}).text == "ok"
-        assert follower.stdout is not None
-        deadline = time.monotonic() + 15
         seen = ""
-        while time.monotonic() < deadline and "line 7" not in seen:
-            seen += follower.stdout.readline()
-        assert "line 7" in seen
+        with platform.http() as http:
+            for n in range(1, 30):  # keep invoking until the follower has caught up and printed one
+                assert http.get("/function/follower", params={"n": str(n)}).text == "ok"
+                deadline = time.monotonic() + 0.5
+                while time.monotonic() < deadline:
+                    readable, _, _ = select.select([follower.stdout], [], [], 0.1)
+                    if readable:
+                        seen += follower.stdout.readline()
+                if f"line {n}" in seen:
+                    break
+        assert "line" in seen, "no line reached `nest logs -f`"
+        last = max(int(part.split("line ")[1].split()[0]) for part in seen.splitlines() if "line " in part)
+        with platform.http() as http:
+            http.get("/function/follower", params={"n": "999"})
+        deadline = time.monotonic() + 10
+        while "line 999" not in seen and time.monotonic() < deadline:
+            readable, _, _ = select.select([follower.stdout], [], [], 0.2)
+            if readable:
+                seen += follower.stdout.readline()
+        assert "line 999" in seen, f"a new line after line {last} was not streamed"
     finally:
         follower.terminate()
         follower.communicate(timeout=10)
