@@ -60,8 +60,16 @@ class Version:
 class Fleet:
     """Instances per version, reconciled onto a backend. `run()` must be running for anything to start."""
 
-    def __init__(self, publisher: RoutePublisher, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        publisher: RoutePublisher,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_start_phases: Callable[[tuple[tuple[str, float], ...]], None] | None = None,
+    ) -> None:
         self.backend: Backend | None = None
+        self._on_start_phases = on_start_phases
+        self._cold_starts: dict[str, deque[dict[str, Any]]] = {}
         self._publisher = publisher
         self._clock = clock
         self._versions: dict[VersionKey, Version] = {}
@@ -149,6 +157,7 @@ class Fleet:
                 instance.ready_at = self._clock()
                 self._backoffs.pop(key, None)
                 self._publish(key)
+                self._record_start(event.instance_id, key, event.address.start_phases)
         elif event.kind is EventKind.INIT_FAILED and event.failure is not None:
             failures = self._backoffs[key].failures + 1 if key in self._backoffs else 1
             self._backoffs[key] = backoff_after(failures, self._clock())
@@ -166,6 +175,18 @@ class Fleet:
             instance.state = InstanceState.STOPPING
             self._publish(key)
         self._wake.set()
+
+    def _record_start(self, instance_id: InstanceId, key: VersionKey, phases: tuple[tuple[str, float], ...]) -> None:
+        history = self._cold_starts.setdefault(key.function, deque(maxlen=DECISIONS_KEPT))
+        history.append(
+            {"at": self._clock(), "instance": instance_id, "version": key.version, "phases_ms": dict(phases)}
+        )
+        if self._on_start_phases is not None and phases:
+            self._on_start_phases(phases)
+
+    def cold_starts(self, function: str) -> list[dict[str, Any]]:
+        """The function's most recent instance starts with their phases, newest first."""
+        return list(reversed(self._cold_starts.get(function, ())))
 
     def _publish(self, key: VersionKey) -> None:
         addresses = [

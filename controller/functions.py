@@ -188,6 +188,7 @@ class FunctionService:
                 {"version": v.version, "created_at": v.created_at, "code_digest": v.code_digest} for v in versions
             ],
             "instances": self._fleet.instances_of(name),
+            "cold_starts": self._fleet.cold_starts(name),
             "scaling": self._fleet.scaling_status(key),
             "last_init_error": None
             if failure is None

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 class Endpoint:
     """One ready instance as the gateway tracks it. Mutable, owned by its gate."""
 
-    __slots__ = ("address", "capacity", "in_flight", "routable", "socket_path")
+    __slots__ = ("address", "capacity", "in_flight", "routable", "socket_path", "timing_sent")
 
     def __init__(self, address: InstanceAddress) -> None:
         self.address = address
@@ -42,6 +42,8 @@ class Endpoint:
         self.in_flight = 0
         self.routable = True
         """False once the instance left the endpoint set: in-flight requests finish, no new ones arrive."""
+        self.timing_sent = False
+        """Whether a response already carried this instance's start phases in `Server-Timing`."""
 
 
 class VersionGate:

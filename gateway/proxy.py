@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,9 +95,16 @@ class FunctionProxy:
         watcher = _DisconnectWatch(receive)
         try:
             for attempt in (1, 2):
-                endpoint = gate.try_acquire() or await gate.acquire(timeout_s=self.config.activation_timeout_s)
+                endpoint = gate.try_acquire()
+                timing: list[tuple[bytes, bytes]] = []
+                if endpoint is None:
+                    waited_from = time.monotonic()
+                    endpoint = await gate.acquire(timeout_s=self.config.activation_timeout_s)
+                    timing = [server_timing((time.monotonic() - waited_from) * 1000, endpoint)]
                 try:
-                    await self._forward(send, gate, endpoint, route, request, head_only=scope["method"] == "HEAD")
+                    await self._forward(
+                        send, gate, endpoint, route, request, head_only=scope["method"] == "HEAD", extra=timing
+                    )
                     return
                 except InstanceGone:
                     self.table.remove_endpoint(route.key, endpoint.address.instance_id)
@@ -114,7 +122,15 @@ class FunctionProxy:
             watcher.stop()
 
     async def _forward(
-        self, send: Send, gate: VersionGate, endpoint: Endpoint, route: Route, request: bytes, *, head_only: bool
+        self,
+        send: Send,
+        gate: VersionGate,
+        endpoint: Endpoint,
+        route: Route,
+        request: bytes,
+        *,
+        head_only: bool,
+        extra: list[tuple[bytes, bytes]],
     ) -> None:
         socket_path = endpoint.socket_path
         timeout_s = route.timeout_s + self.config.upstream_grace_s
@@ -122,6 +138,8 @@ class FunctionProxy:
         try:
             raw_headers = connection.headers
             headers = [item for item in raw_headers if item[0] not in DROP_RESPONSE_HEADERS]
+            if extra:
+                headers += extra
             if len(headers) != len(raw_headers) and any(name == b"x-nest-recycle" for name, _ in raw_headers):
                 self.table.remove_endpoint(route.key, endpoint.address.instance_id)
             await send({"type": "http.response.start", "status": connection.status, "headers": headers})
@@ -138,6 +156,16 @@ class FunctionProxy:
             connection.abort()
             raise
         self.pool.finish(socket_path, connection)
+
+
+def server_timing(waited_ms: float, endpoint: Endpoint) -> tuple[bytes, bytes]:
+    """`Server-Timing` for a response that waited in the activator: the wait, and, if the instance it got was
+    started for it, how that start went (e.g. `activator;dur=27.9, spawn;dur=11.2, init;dur=3.4`)."""
+    parts = [f"activator;dur={waited_ms:.1f}"]
+    if not endpoint.timing_sent:
+        endpoint.timing_sent = True
+        parts += [f"{name};dur={ms:.1f}" for name, ms in endpoint.address.start_phases]
+    return b"server-timing", ", ".join(parts).encode()
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -74,6 +74,8 @@ class _Process:
     failed_pings: int = 0
     timed_out: bool = False
     cgroup: Path | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    forked_at: float | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -217,7 +219,9 @@ class LocalBackend:
             return
         if line is not None and line.get("event") == "ready":
             entry.ready = True
-            address = InstanceAddress(spec.instance_id, spec.key, entry.socket_path, spec.concurrency)
+            address = InstanceAddress(
+                spec.instance_id, spec.key, entry.socket_path, spec.concurrency, start_phases=_phases(entry, line)
+            )
             self._emit(InstanceEvent(EventKind.READY, spec.instance_id, spec.key, address=address))
         elif not entry.stop_requested:
             failure = self._failure(entry, line)
@@ -251,6 +255,7 @@ class LocalBackend:
                 if entry.process is None:
                     if line is None or line.get("event") != "forked":
                         return None
+                    entry.forked_at = time.monotonic()
                     entry.process = ForkedProcess(int(str(line["pid"])))
                     self._confine(entry, entry.process.pid)
                     if entry.stop_requested:
@@ -329,6 +334,14 @@ class LocalBackend:
             self._emit(InstanceEvent(EventKind.UNHEALTHY, spec.instance_id, spec.key, detail="liveness ping failed"))
             entry.stop_requested = True
             _kill(entry.process)
+
+
+def _phases(entry: _Process, ready: dict[str, object]) -> tuple[tuple[str, float], ...]:
+    """`spawn`: from the start request to a running process (fork from the pool, or exec of a fresh
+    interpreter plus its imports); `init`: the runtime's own start-up (limits, logs, user import, listening)."""
+    total_ms = (time.monotonic() - entry.started_at) * 1000
+    init_ms = float(str(ready.get("init_ms", 0.0)))
+    return (("spawn", round(max(0.0, total_ms - init_ms), 2)), ("init", round(init_ms, 2)))
 
 
 async def _next_line(reader: asyncio.StreamReader) -> dict[str, object] | None:

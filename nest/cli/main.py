@@ -253,6 +253,11 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
     for item in info["scaling"]["decisions"]:
         decisions.add_row(_when(item["at"]), str(item["desired"]), item["reason"])
     out.print(decisions)
+    starts = Table("AT", "INSTANCE", "PHASES (ms)", box=None, title="recent instance starts", title_justify="left")
+    for item in info.get("cold_starts", [])[:5]:
+        phases = "  ".join(f"{name} {ms:.1f}" for name, ms in item["phases_ms"].items())
+        starts.add_row(_when(item["at"]), item["instance"], phases)
+    out.print(starts)
     versions = Table("VERSION", "CREATED", "CODE", box=None, title="versions", title_justify="left")
     for item in info["versions"]:
         versions.add_row(item["version"], _when(item["created_at"]), item["code_digest"][:12])

@@ -59,6 +59,9 @@ class InstanceAddress:
     key: VersionKey
     socket_path: str
     concurrency: int
+    start_phases: tuple[tuple[str, float], ...] = ()
+    """How the instance's start went, phase by phase in milliseconds (`spawn`, `init`), for the first
+    response that waited for it (`Server-Timing`) and for `nest describe`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 import uvloop
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from autoscaler.loop import Autoscaler
 from controller.backends.local import LocalBackend, LocalBackendConfig
@@ -71,7 +71,20 @@ async def run(config: EmbeddedConfig) -> None:
     table = RoutingTable(buffer_size=config.buffer_size)
     pool = UpstreamPool()
     table.on_endpoint_removed = pool.drop
-    fleet = Fleet(table)
+    registry = CollectorRegistry()
+    start_seconds = Histogram(
+        "nest_instance_start_seconds",
+        "Instance start, by phase (spawn: to a running process; init: the runtime's start-up)",
+        ["phase"],
+        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+        registry=registry,
+    )
+
+    def observe_start(phases: tuple[tuple[str, float], ...]) -> None:
+        for phase, ms in phases:
+            start_seconds.labels(phase).observe(ms / 1000)
+
+    fleet = Fleet(table, on_start_phases=observe_start)
     backend: Backend = LocalBackend(
         LocalBackendConfig(
             run_dir=data_dir / "run", log_dir=data_dir / "logs", health_interval_s=config.health_interval_s
@@ -91,7 +104,6 @@ async def run(config: EmbeddedConfig) -> None:
     )
     _check_ports(table, fleet, table, autoscaler, service)
 
-    registry = CollectorRegistry()
     registry.register(GatewayCollector(table))
     state = {"ready": False}
     proxy = FunctionProxy(table, pool, ProxyConfig(activation_timeout_s=config.activation_timeout_s))

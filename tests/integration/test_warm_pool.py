@@ -69,3 +69,20 @@ def test_instances_survive_a_zygote_crash_and_the_pool_comes_back(platform: Plat
         after = http.get("/function/after-crash")
     assert after.status_code == 200
     assert after.json()["preloaded"] is True, "a new zygote was started for the next cold start"
+
+
+def test_a_cold_start_reports_its_phases(platform: Platform) -> None:
+    platform.deploy("timed", PROBE)
+    with platform.http() as http:
+        cold = http.get("/function/timed")
+        warm = http.get("/function/timed")
+        metrics = http.get("/metrics").text
+    timing = cold.headers["server-timing"]
+    assert timing.startswith("activator;dur=")
+    assert "spawn;dur=" in timing
+    assert "init;dur=" in timing
+    assert "server-timing" not in warm.headers, "a request that did not wait carries no timing"
+    starts = platform.describe("timed")["cold_starts"]
+    assert isinstance(starts, list)
+    assert set(starts[0]["phases_ms"]) == {"spawn", "init"}
+    assert 'nest_instance_start_seconds_count{phase="init"}' in metrics
