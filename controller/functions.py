@@ -42,6 +42,8 @@ class ServiceConfig:
     public_url: str
     """Base URL users reach the gateway at, for the function URLs we print."""
     max_unpacked_bytes: int = 512 * 1024**2
+    pools: frozenset[str] = frozenset({"default", "none"})
+    """Pools a function may name; a deploy naming another is refused (the pool would not exist)."""
 
 
 def version_of(code_digest: str, manifest: Manifest) -> VersionId:
@@ -129,6 +131,13 @@ class FunctionService:
         manifest = parse_manifest(package.manifest_text)
         if manifest.name != name:
             raise InvalidInput("name", f"nest.yaml names the function {manifest.name!r} but it is deployed as {name!r}")
+        if manifest.pool not in self._config.pools:
+            known = ", ".join(sorted(self._config.pools))
+            raise InvalidInput(
+                "pool",
+                f"unknown pool {manifest.pool!r} (this Nest has: {known}); declare it with"
+                f" `nest up --pool {manifest.pool}=module,module`",
+            )
         key = VersionKey(FunctionName(name), version_of(package.digest, manifest))
         async with self._lock:
             live = self._live.get(name)

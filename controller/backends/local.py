@@ -31,7 +31,7 @@ import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect
-from controller.warmpool import ForkedProcess, ZygotePool, become_subreaper
+from controller.warmpool import DEFAULT_PRELOAD, ForkedProcess, ZygotePool, become_subreaper
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class LocalBackendConfig:
     use_cgroups: bool = True
     warm_pool: bool = True
     """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
+    pools: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Operator-declared pools beside `default`: name -> modules their zygote imports before forking."""
     """Cap memory with a cgroup where the machine allows it (the runtime's rlimit applies everywhere)."""
 
 
@@ -88,7 +90,7 @@ class LocalBackend:
         self._processes: dict[InstanceId, _Process] = {}
         self._group: asyncio.TaskGroup | None = None
         self._cgroups: Cgroups | None = None
-        self._pool: ZygotePool | None = None
+        self._pools: dict[str, ZygotePool] = {}
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
@@ -99,7 +101,7 @@ class LocalBackend:
             self._cgroups = await asyncio.to_thread(detect)
             logger.info("memory limits: %s", f"cgroups under {self._cgroups.base}" if self._cgroups else "rlimits only")
         if self._config.warm_pool:
-            await self._start_pool()
+            await self._start_pools()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -108,23 +110,27 @@ class LocalBackend:
             self._group = None
             for entry in list(self._processes.values()):
                 _kill(entry.process)
-            if self._pool is not None:
-                await self._pool.close()
+            for pool in self._pools.values():
+                await pool.close()
 
-    async def _start_pool(self) -> None:
+    async def _start_pools(self) -> None:
         if not become_subreaper():
             logger.warning("warm pool off: this platform cannot adopt forked instances (no PR_SET_CHILD_SUBREAPER)")
             return
-        pool = ZygotePool(
-            "default", self._config.run_dir / "zygote-default.sock", self._config.python, self._import_root
-        )
-        try:
-            await pool.start()
-        except (OSError, RuntimeError, TimeoutError) as exc:
-            logger.warning("warm pool off: %s; instances start as fresh interpreters", exc)
-            await pool.close()
-            return
-        self._pool = pool
+        declared = {"default": DEFAULT_PRELOAD} | {
+            name: (*DEFAULT_PRELOAD, *modules) for name, modules in self._config.pools.items()
+        }
+        for name, preload in declared.items():
+            pool = ZygotePool(
+                name, self._config.run_dir / f"zygote-{name}.sock", self._config.python, self._import_root, preload
+            )
+            try:
+                await pool.start()
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                logger.warning("warm pool %r off: %s; its functions start as fresh interpreters", name, exc)
+                await pool.close()
+                continue
+            self._pools[name] = pool
 
     def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
         python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
@@ -175,9 +181,10 @@ class LocalBackend:
         ]
         env = self._environment(spec, workdir)
         try:
-            if self._pool is not None and spec.pool != "none":
+            pool = self._pools.get(spec.pool)
+            if pool is not None:
                 request = {"argv": arguments, "env": env, "cwd": str(workdir), "platform_pid": os.getpid()}
-                await self._pool.spawn(request, status_fd=write_end, log_fd=log_fd)
+                await pool.spawn(request, status_fd=write_end, log_fd=log_fd)
                 process: asyncio.subprocess.Process | None = None
             else:
                 process = await asyncio.create_subprocess_exec(

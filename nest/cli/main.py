@@ -29,7 +29,7 @@ from nest.cli.packaging import PackagingError, build_package
 from nest.cli.templates import HANDLERS, render
 from nest.client import DEFAULT_URL, ClientError, NestClient
 from nest.contracts.errors import InvalidInput
-from nest.contracts.manifest import ManifestError, json_schema, parse_manifest, validate_name
+from nest.contracts.manifest import NAME_PATTERN, ManifestError, json_schema, parse_manifest, validate_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
 out = Console(highlight=False, soft_wrap=True)
@@ -68,11 +68,21 @@ def up(
     data_dir: Annotated[Path | None, typer.Option(help="State directory (default: $NEST_DATA_DIR or ~/.nest)")] = None,
     health_interval: Annotated[float, typer.Option(help="Seconds between liveness pings of each instance")] = 5.0,
     activation_timeout: Annotated[float, typer.Option(help="Seconds a request may wait for an instance")] = 30.0,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option("--pool", help="Declare a warm pool: NAME=module,module (repeatable); functions say pool: NAME"),
+    ] = None,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
 
     directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
+    pools = {}
+    for item in pool or []:
+        name, sep, modules = item.partition("=")
+        if not sep or not NAME_PATTERN.match(name) or name in {"default", "none"}:
+            fail(f"--pool {item!r}: expected NAME=module,module with a new pool name (e.g. science=numpy,pandas)")
+        pools[name] = tuple(m.strip() for m in modules.split(",") if m.strip())
     serve(
         EmbeddedConfig(
             host=host,
@@ -80,6 +90,7 @@ def up(
             data_dir=directory,
             health_interval_s=health_interval,
             activation_timeout_s=activation_timeout,
+            pools=pools,
         )
     )
 

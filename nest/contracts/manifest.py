@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -191,8 +191,10 @@ class Manifest(_Strict):
     concurrency: int = Field(10, ge=1, le=1000, description="Max in-flight requests per instance.")
     max_body: Size = Field(6 * 1000**2, ge=1, le=100 * 1000**2, description="Largest request body accepted.")
     debug: bool = Field(False, description="Include stack traces in error responses.")
-    pool: Literal["default", "none"] = Field(
-        "default", description="Warm pool to fork instances from ('none': a fresh interpreter per instance)."
+    pool: str = Field(
+        "default",
+        description="Warm pool to fork instances from: 'default', a pool the operator declared with"
+        " `nest up --pool NAME=modules`, or 'none' (a fresh interpreter per instance).",
     )
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)
@@ -204,6 +206,13 @@ class Manifest(_Strict):
             return validate_name(name)
         except InvalidInput as exc:
             raise ValueError(exc.problem) from None
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_name(cls, pool: str) -> str:
+        if not NAME_PATTERN.match(pool) or len(pool) > NAME_MAX:
+            raise ValueError(f"{pool!r} is not a pool name (e.g. 'default', 'none' or a declared pool)")
+        return pool
 
     @field_validator("handler")
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,8 @@ class EmbeddedConfig:
     tick_s: float = 1.0
     drain_timeout_s: float = 30.0
     health_interval_s: float = 5.0
+    pools: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Operator-declared warm pools: name -> modules to preload (`nest up --pool NAME=mod,mod`)."""
 
 
 def _check_ports(
@@ -87,7 +89,10 @@ async def run(config: EmbeddedConfig) -> None:
     fleet = Fleet(table, on_start_phases=observe_start)
     backend: Backend = LocalBackend(
         LocalBackendConfig(
-            run_dir=data_dir / "run", log_dir=data_dir / "logs", health_interval_s=config.health_interval_s
+            run_dir=data_dir / "run",
+            log_dir=data_dir / "logs",
+            health_interval_s=config.health_interval_s,
+            pools=dict(config.pools),
         ),
         fleet.on_event,
     )
@@ -99,7 +104,10 @@ async def run(config: EmbeddedConfig) -> None:
         fleet,
         publisher=table,
         config=ServiceConfig(
-            code_root=data_dir / "code", log_dir=data_dir / "logs", public_url=f"http://{public_host}:{config.port}"
+            code_root=data_dir / "code",
+            log_dir=data_dir / "logs",
+            public_url=f"http://{public_host}:{config.port}",
+            pools=frozenset({"default", "none", *config.pools}),
         ),
     )
     _check_ports(table, fleet, table, autoscaler, service)

@@ -107,12 +107,12 @@ class Platform:
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def start_platform(data_dir: Path, work: Path, *, port: int | None = None) -> Platform:
+def start_platform(data_dir: Path, work: Path, *, port: int | None = None, extra: tuple[str, ...] = ()) -> Platform:
     port = port or free_port()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with (data_dir.parent / f"nest-up-{port}.log").open("wb") as log:
         process = subprocess.Popen(
-            [NEST, "up", "--port", str(port), "--data-dir", str(data_dir), "--health-interval", "0.5"],
+            [NEST, "up", "--port", str(port), "--data-dir", str(data_dir), "--health-interval", "0.5", *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "NEST_LEAK_CHECK": "the platform's environment must not reach functions"},

@@ -86,3 +86,37 @@ def test_a_cold_start_reports_its_phases(platform: Platform) -> None:
     assert isinstance(starts, list)
     assert set(starts[0]["phases_ms"]) == {"spawn", "init"}
     assert 'nest_instance_start_seconds_count{phase="init"}' in metrics
+
+
+HEAVY = """
+import sys
+
+PRELOADED = "pydantic" in sys.modules  # before this module imports it
+import pydantic
+
+
+class Item(pydantic.BaseModel):
+    name: str
+
+
+def handle(request):
+    return {"preloaded": PRELOADED, "item": Item(name="x").model_dump()}
+"""
+
+
+def test_a_declared_pool_preloads_its_modules_and_unknown_pools_are_refused(tmp_path: Path) -> None:
+    from tests.integration.conftest import start_platform, stop_platform
+
+    running = start_platform(tmp_path / "data", tmp_path / "work", extra=("--pool", "models=pydantic"))
+    try:
+        running.deploy("with-models", HEAVY, "pool: models\n")
+        running.deploy("without", HEAVY)
+        with running.http() as http:
+            assert http.get("/function/with-models").json()["preloaded"] is True
+            assert http.get("/function/without").json() == {"preloaded": False, "item": {"name": "x"}}
+        refused = running.cli("deploy", str(running.write_function("typo", HEAVY, "pool: modles\n")), check=False)
+        assert refused.returncode == 1
+        assert "unknown pool 'modles'" in refused.stderr
+        assert "models" in refused.stderr
+    finally:
+        assert stop_platform(running) == []

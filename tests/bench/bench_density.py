@@ -1,0 +1,90 @@
+"""bench_density: unique memory (USS) of an idle instance forked from the warm pool vs a fresh interpreter.
+
+Both instances run the same function, which imports the same modules the pool preloads, so the comparison is
+of the start-up mechanism, not of what is imported. USS = Private_Clean + Private_Dirty from
+/proc/PID/smaps_rollup: the memory that would be freed if the instance went away. Target (issue 4): <= 0.2x.
+Prints one JSON line.
+
+Run: .venv/bin/python -m tests.bench.bench_density [--instances 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tests.integration.conftest import start_platform, stop_platform
+
+PROBE = """
+import asyncio, concurrent.futures, json, os
+import starlette.applications
+import nest.sdk
+
+
+def handle(request):
+    return {"pid": os.getpid()}
+"""
+
+
+def uss_kib(pid: int) -> int:
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0])
+    return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def pids(platform: object, name: str, count: int) -> list[int]:
+    found: set[int] = set()
+    with platform.http() as http:  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while len(found) < count and time.monotonic() < deadline:
+            found.add(http.get(f"/function/{name}").json()["pid"])
+    return sorted(found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        platform = start_platform(Path(root) / "data", Path(root) / "work")
+        try:
+            scaling = f"scaling: {{min: {args.instances}, max: {args.instances}}}\nconcurrency: 1\n"
+            platform.deploy("pooled", PROBE, scaling)
+            platform.deploy("fresh", PROBE, scaling + "pool: none\n")
+            platform.wait_for(
+                lambda: all(
+                    sum(1 for i in platform.describe(n)["instances"] if i["state"] == "ready") == args.instances
+                    for n in ("pooled", "fresh")
+                ),
+                timeout_s=60,
+                what="all instances ready",
+            )
+            pooled = pids(platform, "pooled", args.instances)
+            fresh = pids(platform, "fresh", args.instances)
+            time.sleep(1)  # idle
+            pooled_uss = [uss_kib(pid) for pid in pooled]
+            fresh_uss = [uss_kib(pid) for pid in fresh]
+        finally:
+            stop_platform(platform)
+    pooled_median, fresh_median = statistics.median(pooled_uss), statistics.median(fresh_uss)
+    print(
+        json.dumps(
+            {
+                "bench": "density",
+                "instances": len(pooled_uss),
+                "pooled_uss_mib": round(pooled_median / 1024, 1),
+                "fresh_uss_mib": round(fresh_median / 1024, 1),
+                "pooled_over_fresh": round(pooled_median / fresh_median, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
