@@ -1,8 +1,8 @@
 """bench_cold_start: scale-from-zero to first response through the gateway, by how the instance starts.
 
 (a) `pool: none`: a fresh interpreter imports the runtime; (b) the default warm pool: a fork of the zygote;
-(c) a function importing a heavy module (pydantic, with a model), from the default pool (the import is paid at
-each cold start) and from a pool that preloads it (`nest up --pool models=pydantic`). Import time removed by the
+(c) a function importing a heavy module (httpx, ~150 ms of imports here), from the default pool (the import is
+paid at each cold start) and from a pool that preloads it (`nest up --pool http=httpx`). Import time removed by the
 preload is read from the runtime's own `init` phase in the `Server-Timing` header: (c-default - b) vs
 (c-preloaded - b). Variants are interleaved so machine noise hits all alike. Prints one JSON line.
 
@@ -25,23 +25,18 @@ from tests.integration.conftest import start_platform, stop_platform
 
 HELLO = "def handle(request):\n    return {'hello': 'cold'}\n"
 HEAVY = """
-import pydantic
-
-
-class Item(pydantic.BaseModel):
-    name: str
-    tags: list[str] = []
+import httpx
 
 
 def handle(request):
-    return Item(name="cold").model_dump()
+    return {"httpx": httpx.__version__}
 """
 SCALING = "scaling: {scale_down_delay: 0s, scale_to_zero_grace: 300ms}\n"
 VARIANTS = {
     "fresh": (HELLO, "pool: none\n"),
     "pool": (HELLO, ""),
     "heavy-default": (HEAVY, ""),
-    "heavy-preloaded": (HEAVY, "pool: models\n"),
+    "heavy-preloaded": (HEAVY, "pool: http\n"),
 }
 
 
@@ -65,7 +60,7 @@ def main() -> None:
     total: dict[str, list[float]] = {name: [] for name in VARIANTS}
     init: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as root:
-        platform = start_platform(Path(root) / "data", Path(root) / "work", extra=("--pool", "models=pydantic"))
+        platform = start_platform(Path(root) / "data", Path(root) / "work", extra=("--pool", "http=httpx"))
         try:
             for name, (code, manifest) in VARIANTS.items():
                 platform.deploy(name, code, SCALING + manifest)
