@@ -31,6 +31,7 @@ PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_PRELOAD = ("json", "asyncio", "concurrent.futures", "starlette.applications", "nest.sdk")
 """What every default-pool instance finds imported: the runtime itself plus modules most handlers touch."""
 ZYGOTE_START_TIMEOUT_S = 30.0
+STATUS_LINE_MAX = 64 * 1024
 
 
 def become_subreaper() -> bool:
@@ -81,6 +82,51 @@ class ForkedProcess:
         os.kill(self.pid, sig)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What makes a generic instance one function's instance: runtime arguments, environment, working dir."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+    def message(self, **extra: object) -> dict[str, object]:
+        return {"argv": self.argv, "env": self.env, "cwd": self.cwd, **extra}
+
+
+@dataclass(slots=True)
+class IdleInstance:
+    """A generic instance forked ahead of need: its process, its status pipe, and the socket that claims it."""
+
+    process: ForkedProcess
+    reader: asyncio.StreamReader
+    transport: asyncio.BaseTransport
+    claims: socket.socket
+
+    def claim(self, claim: Claim, *, log_fd: int) -> None:
+        """Make it one function's instance (it replies on its status pipe). Raises OSError if it died idle."""
+        try:
+            socket.send_fds(self.claims, [json.dumps(claim.message()).encode()], [log_fd])
+        finally:
+            self.claims.close()
+
+    async def release(self) -> None:
+        """Let it go unclaimed: it exits, and is reaped here."""
+        self.claims.close()
+        self.transport.close()
+        await self.process.wait()
+
+
+async def open_status_pipe(read_end: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """An asyncio reader over the read end of an instance's status pipe (one JSON object per line)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STATUS_LINE_MAX)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+    )
+    return reader, transport
+
+
 @dataclass(slots=True)
 class ZygotePool:
     """One pool: its zygote process and the control connection to it."""
@@ -124,6 +170,34 @@ class ZygotePool:
 
     async def spawn(self, request: dict[str, object], *, status_fd: int, log_fd: int) -> None:
         """Ask the zygote to fork an instance; the fds are passed to it (ours stay open for the caller to close)."""
+        await self._send(request, [status_fd, log_fd])
+
+    async def prepare(self, *, platform_pid: int) -> IdleInstance:
+        """Fork a generic instance ahead of need; it waits, detached and re-parented, to be claimed."""
+        read_end, write_end = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            await self._send({"idle": True, "platform_pid": platform_pid}, [write_end, theirs.fileno()])
+        except BaseException:
+            os.close(read_end)
+            ours.close()
+            raise
+        finally:
+            os.close(write_end)
+            theirs.close()
+        reader, transport = await open_status_pipe(read_end)
+        try:
+            async with asyncio.timeout(ZYGOTE_START_TIMEOUT_S):
+                line = json.loads(await reader.readline() or b"{}")
+        except (TimeoutError, ValueError):
+            line = {}
+        if line.get("event") != "forked":
+            transport.close()
+            ours.close()
+            raise RuntimeError(f"the {self.name} pool did not fork an idle instance")
+        return IdleInstance(ForkedProcess(int(line["pid"])), reader, transport, ours)
+
+    async def _send(self, request: dict[str, object], fds: list[int]) -> None:
         async with self._lock:
             if not self.alive:
                 await self.close()
@@ -131,11 +205,12 @@ class ZygotePool:
             assert self.connection is not None
             payload = json.dumps(request).encode()
             try:
-                socket.send_fds(self.connection, [payload], [status_fd, log_fd])
+                socket.send_fds(self.connection, [payload], fds)
             except OSError:
                 await self.close()
                 await self.start()
-                socket.send_fds(self.connection, [payload], [status_fd, log_fd])
+                assert self.connection is not None
+                socket.send_fds(self.connection, [payload], fds)
 
     async def close(self) -> None:
         if self.connection is not None:

@@ -36,7 +36,7 @@ from typing import Any
 import uvicorn.lifespan.off
 import uvicorn.lifespan.on
 import uvicorn.protocols.http.httptools_impl
-import uvicorn.protocols.websockets.auto  # noqa: F401 - the modules uvicorn imports lazily at start (~5 ms)
+import uvicorn.protocols.websockets.auto
 
 import runtime.main
 from runtime.config import parse_args
@@ -52,46 +52,100 @@ def _reset_signals() -> None:
             signal.signal(sig, signal.SIG_DFL)
 
 
-def _become_instance(request: dict[str, Any], status_fd: int, log_fd: int, closing: list[socket.socket]) -> None:
-    """In the grandchild: shed the zygote, take on the function's environment, run the runtime. Never returns."""
+def _detach(request: dict[str, Any], closing: list[socket.socket]) -> None:
+    """In the grandchild: shed the zygote, wait to be the platform's child, then die with it."""
+    for sock in closing:
+        sock.close()
+    os.setsid()
+    _reset_signals()
+    random.seed()
+    deadline = time.monotonic() + REPARENT_WAIT_S
+    while os.getppid() != request["platform_pid"] and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    if os.getppid() != request["platform_pid"]:
+        os._exit(71)  # the platform is gone (or is not our subreaper): do not run unsupervised
+    die_with_parent()
+
+
+def _specialize(claim: dict[str, Any], status_fd: int, log_fd: int) -> int:
+    """Become one function's instance: its log, working directory and environment, then the runtime."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.chdir(claim["cwd"])
+    os.environ.clear()
+    os.environ.update(claim["env"])
+    random.seed()
+    set_process_name("nest:" + claim["env"].get("NEST_FUNCTION", "instance"))
+    return runtime.main.run(parse_args([*claim["argv"], "--status-fd", str(status_fd)]))
+
+
+def _become_instance(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
+    """A spawn on demand: detach, announce, specialize at once. Never returns."""
+    status_fd, log_fd = fds
     code = 70
     try:
-        for sock in closing:
-            sock.close()
-        os.setsid()
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        _reset_signals()
-        random.seed()
-        deadline = time.monotonic() + REPARENT_WAIT_S
-        while os.getppid() != request["platform_pid"] and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        if os.getppid() != request["platform_pid"]:
-            os._exit(71)  # the platform is gone (or is not our subreaper): do not run unsupervised
-        os.write(status_fd, json.dumps({"event": "forked", "pid": os.getpid()}).encode() + b"\n")
-        set_process_name("nest:" + request["env"].get("NEST_FUNCTION", "instance"))
-        argv = [*request["argv"], "--status-fd", str(status_fd)]
-        code = runtime.main.run(parse_args(argv))
+        _detach(request, closing)
+        forked = {"event": "forked", "pid": os.getpid(), "marks": _marks(request)}
+        os.write(status_fd, json.dumps(forked).encode() + b"\n")
+        code = _specialize(request, status_fd, log_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.write(2, f"zygote child failed: {exc!r}\n".encode())
     os._exit(code)
 
 
+def _become_idle(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
+    """A generic instance forked ahead of need: detach, announce, then wait for the platform to claim it with a
+    function (its arguments, environment, working directory and log file). Never returns."""
+    status_fd, claim_fd = fds
+    code = 70
+    try:
+        _detach(request, closing)
+        set_process_name("nest-idle")
+        os.write(status_fd, json.dumps({"event": "forked", "pid": os.getpid(), "idle": True}).encode() + b"\n")
+        claims = socket.socket(fileno=claim_fd)
+        message, log_fds, _, _ = socket.recv_fds(claims, MESSAGE_MAX, 1)
+        claims.close()
+        if not message or len(log_fds) != 1:
+            os._exit(0)  # released unclaimed (pool shrinking, platform stopping)
+        code = _specialize(json.loads(message), status_fd, log_fds[0])
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"idle instance failed: {exc!r}\n".encode())
+    os._exit(code)
+
+
+def _marks(request: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds from the platform's request to each step, for the instance's start phases."""
+    sent = float(request.get("sent_at", 0.0))
+    marks = {name: round((at - sent) * 1000, 2) for name, at in request.get("_marks", {}).items()}
+    marks["running"] = round((time.time() - sent) * 1000, 2)
+    return marks
+
+
 def _spawn(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
-    status_fd, log_fd = fds
+    """Double fork, so the instance is re-parented to the platform (its subreaper), not kept by us."""
+    request["_marks"] = {"received": time.time()}
+    become = _become_idle if request.get("idle") else _become_instance
     child = os.fork()
     if child == 0:
+        request["_marks"]["forked"] = time.time()
         if os.fork() == 0:
-            _become_instance(request, status_fd, log_fd, closing)
+            request["_marks"]["forked_again"] = time.time()
+            become(request, fds, closing)
         os._exit(0)
-    os.close(status_fd)
-    os.close(log_fd)
+    for fd in fds:
+        os.close(fd)
     os.waitpid(child, 0)
+
+
+def _warm_up() -> None:
+    """Run once what every instance runs first, so its lazy imports and caches (argparse's gettext lookups,
+    ctypes' libc handle, uvicorn's config machinery) are paid here and shared by every fork."""
+    parse_args(["--socket", "/dev/null", "--code-dir", "/", "--function", "f", "--version", "v", "--instance", "i"])
+    set_process_name("nest-zygote")
+    uvicorn.Config(app=lambda scope, receive, send: None, loop="none", http="httptools", log_config=None).load()
 
 
 def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
@@ -99,6 +153,7 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     set_process_name("nest-zygote")
     for module in preload:
         importlib.import_module(module)
+    _warm_up()
     gc.collect()
     gc.freeze()  # keep the imported objects out of the collector: forked children share their pages longer
     if os.path.exists(control_path):
@@ -118,7 +173,7 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        _spawn(json.loads(message), fds, [listener, connection])
+        _spawn(json.loads(message), list(fds), [listener, connection])
 
 
 def main() -> int:

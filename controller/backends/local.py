@@ -14,6 +14,7 @@ What to start and stop is decided by `controller/reconciler.py`; this module onl
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -31,11 +32,19 @@ import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect
-from controller.warmpool import DEFAULT_PRELOAD, ForkedProcess, ZygotePool, become_subreaper
+from controller.warmpool import (
+    DEFAULT_PRELOAD,
+    Claim,
+    ForkedProcess,
+    IdleInstance,
+    ZygotePool,
+    become_subreaper,
+    open_status_pipe,
+)
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from nest.contracts.ids import InstanceId
 
@@ -59,6 +68,8 @@ class LocalBackendConfig:
     use_cgroups: bool = True
     warm_pool: bool = True
     """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
+    idle_per_pool: int = 2
+    """Generic instances each pool keeps forked ahead of need; a claim takes one and a refill starts at once."""
     pools: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Operator-declared pools beside `default`: name -> modules their zygote imports before forking."""
     """Cap memory with a cgroup where the machine allows it (the runtime's rlimit applies everywhere)."""
@@ -78,6 +89,8 @@ class _Process:
     cgroup: Path | None = None
     started_at: float = field(default_factory=time.monotonic)
     forked_at: float | None = None
+    fork_marks: dict[str, float] = field(default_factory=dict)
+    """From the pool: milliseconds from the request to `received`, `forked`, `forked_again`, `running`."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -91,6 +104,8 @@ class LocalBackend:
         self._group: asyncio.TaskGroup | None = None
         self._cgroups: Cgroups | None = None
         self._pools: dict[str, ZygotePool] = {}
+        self._idle: dict[str, collections.deque[IdleInstance]] = {}
+        self._preparing: dict[str, int] = {}
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
@@ -106,10 +121,17 @@ class LocalBackend:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self._health_loop())
+                for name in self._pools:
+                    for _ in range(self._config.idle_per_pool):
+                        self._refill(name)
         finally:
             self._group = None
             for entry in list(self._processes.values()):
                 _kill(entry.process)
+            for waiting in self._idle.values():
+                for idle in waiting:
+                    _kill(idle.process)
+                    idle.claims.close()
             for pool in self._pools.values():
                 await pool.close()
 
@@ -169,8 +191,6 @@ class LocalBackend:
         workdir = self._config.run_dir / "instances" / spec.instance_id
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         socket_path = self._socket_path(spec.instance_id)
-        read_end, write_end = os.pipe()
-        log_fd = self._open_log(spec.key.function)
         arguments = [
             *("--socket", socket_path, "--code-dir", str(spec.code_dir)),
             *("--handler", spec.handler, "--style", spec.handler_style, "--function", spec.key.function),
@@ -179,45 +199,97 @@ class LocalBackend:
             *(["--debug"] if spec.debug else []),
             *(["--no-memory-rlimit"] if self._cgroups is not None else []),
         ]
-        env = self._environment(spec, workdir)
+        claim = Claim(arguments, self._environment(spec, workdir), str(workdir))
+        log_fd = self._open_log(spec.key.function)
         try:
-            pool = self._pools.get(spec.pool)
-            if pool is not None:
-                request = {"argv": arguments, "env": env, "cwd": str(workdir), "platform_pid": os.getpid()}
-                await pool.spawn(request, status_fd=write_end, log_fd=log_fd)
-                process: asyncio.subprocess.Process | None = None
-            else:
-                process = await asyncio.create_subprocess_exec(
-                    self._config.python,
-                    *("-m", self._config.runtime_module, *arguments, "--status-fd", str(write_end)),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    pass_fds=(write_end,),
-                    cwd=workdir,
-                    env=env,
-                    start_new_session=True,
-                )
+            process, reader, transport = await self._launch(spec, claim, log_fd)
         except BaseException:
-            os.close(read_end)
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
-            os.close(write_end)
             os.close(log_fd)
         entry = _Process(spec, process, socket_path, workdir)
         if process is not None:
             self._confine(entry, process.pid)
         self._processes[spec.instance_id] = entry
-        self._group.create_task(self._watch(entry, read_end))
+        self._group.create_task(self._watch(entry, reader, transport))
+
+    async def _launch(
+        self, spec: InstanceSpec, claim: Claim, log_fd: int
+    ) -> tuple[asyncio.subprocess.Process | ForkedProcess | None, asyncio.StreamReader, asyncio.BaseTransport]:
+        """Start the process: claim an idle pool instance, or have the pool fork one, or exec a fresh one.
+        The process is None until a pool-forked instance announces its pid on the status pipe."""
+        idle = self._take_idle(spec.pool)
+        if idle is not None:
+            idle.claim(claim, log_fd=log_fd)
+            return idle.process, idle.reader, idle.transport
+        read_end, write_end = os.pipe()
+        try:
+            pool = self._pools.get(spec.pool)
+            process: asyncio.subprocess.Process | None = None
+            if pool is not None:
+                request = claim.message(platform_pid=os.getpid(), sent_at=time.time())
+                await pool.spawn(request, status_fd=write_end, log_fd=log_fd)
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    self._config.python,
+                    *("-m", self._config.runtime_module, *claim.argv, "--status-fd", str(write_end)),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    pass_fds=(write_end,),
+                    cwd=claim.cwd,
+                    env=claim.env,
+                    start_new_session=True,
+                )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        reader, transport = await open_status_pipe(read_end)
+        return process, reader, transport
+
+    def _take_idle(self, pool: str) -> IdleInstance | None:
+        """An idle instance of the pool that is still alive, and a refill behind it."""
+        idle = self._idle.get(pool)
+        while idle:
+            candidate = idle.popleft()
+            self._refill(pool)
+            if candidate.process.returncode is None and _alive(candidate.process.pid):
+                return candidate
+            self._spawn_task(candidate.release())
+        return None
+
+    def _refill(self, pool: str) -> None:
+        waiting = self._idle.setdefault(pool, collections.deque())
+        if pool in self._pools and len(waiting) + self._preparing.get(pool, 0) < self._config.idle_per_pool:
+            self._preparing[pool] = self._preparing.get(pool, 0) + 1
+            self._spawn_task(self._prepare(pool))
+
+    async def _prepare(self, pool: str) -> None:
+        try:
+            idle = await self._pools[pool].prepare(platform_pid=os.getpid())
+        except (OSError, RuntimeError) as exc:
+            logger.warning("warm pool %r could not fork an idle instance: %s", pool, exc)
+            return
+        finally:
+            self._preparing[pool] -= 1
+        self._idle.setdefault(pool, collections.deque()).append(idle)
+
+    def _spawn_task(self, work: Coroutine[object, object, None]) -> None:
+        if self._group is None:
+            work.close()
+            return
+        self._group.create_task(work)
 
     def _confine(self, entry: _Process, pid: int) -> None:
         if self._cgroups is not None:
             entry.cgroup = self._cgroups.place(entry.spec.instance_id, pid, entry.spec.memory_bytes)
 
-    async def _watch(self, entry: _Process, read_end: int) -> None:
+    async def _watch(self, entry: _Process, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         spec = entry.spec
-        line = await self._read_status(entry, read_end)
+        line = await self._read_status(entry, reader, transport)
         if entry.process is None:  # the pool never forked it
             failure = InitFailure(spec.key, "PoolError", "the warm pool could not fork an instance", at=time.time())
             self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))
@@ -248,14 +320,11 @@ class LocalBackend:
         if entry.cgroup is not None:
             Cgroups.remove(entry.cgroup)
 
-    async def _read_status(self, entry: _Process, read_end: int) -> dict[str, object] | None:
+    async def _read_status(
+        self, entry: _Process, reader: asyncio.StreamReader, transport: asyncio.BaseTransport
+    ) -> dict[str, object] | None:
         """The runtime's status line (after the pool's `forked` line, for a forked instance); None if the
         instance exits or hangs before it says anything."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STATUS_LINE_MAX)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
-        )
         try:
             async with asyncio.timeout(self._config.start_timeout_s):
                 line = await _next_line(reader)
@@ -263,6 +332,8 @@ class LocalBackend:
                     if line is None or line.get("event") != "forked":
                         return None
                     entry.forked_at = time.monotonic()
+                    marks = line.get("marks")
+                    entry.fork_marks = marks if isinstance(marks, dict) else {}
                     entry.process = ForkedProcess(int(str(line["pid"])))
                     self._confine(entry, entry.process.pid)
                     if entry.stop_requested:
@@ -344,10 +415,15 @@ class LocalBackend:
 
 
 def _phases(entry: _Process, ready: dict[str, object]) -> tuple[tuple[str, float], ...]:
-    """`spawn`: from the start request to a running process (fork from the pool, or exec of a fresh
-    interpreter plus its imports); `init`: the runtime's own start-up (limits, logs, user import, listening)."""
+    """How the start went, in milliseconds. Forked from a pool: `fork` (request to a running child, as the zygote
+    measured it), `boot` (from there to the runtime's start), `init` (the runtime's start-up, user imports
+    included). A fresh interpreter: `spawn` (exec and imports) and `init`."""
     total_ms = (time.monotonic() - entry.started_at) * 1000
     init_ms = float(str(ready.get("init_ms", 0.0)))
+    fork_ms = float(entry.fork_marks.get("running", 0.0))
+    if fork_ms:
+        boot_ms = max(0.0, total_ms - init_ms - fork_ms)
+        return (("fork", round(fork_ms, 2)), ("boot", round(boot_ms, 2)), ("init", round(init_ms, 2)))
     return (("spawn", round(max(0.0, total_ms - init_ms), 2)), ("init", round(init_ms, 2)))
 
 
@@ -358,6 +434,16 @@ async def _next_line(reader: asyncio.StreamReader) -> dict[str, object] | None:
     except ValueError:
         return None
     return line if isinstance(line, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill(process: asyncio.subprocess.Process | ForkedProcess | None) -> None:
