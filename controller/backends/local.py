@@ -106,6 +106,8 @@ class LocalBackend:
         self._pools: dict[str, ZygotePool] = {}
         self._idle: dict[str, collections.deque[IdleInstance]] = {}
         self._preparing: dict[str, int] = {}
+        self._claimed: set[InstanceId] = set()
+        """Instances that were idle pool instances, for naming their start phase."""
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
@@ -222,6 +224,7 @@ class LocalBackend:
         idle = self._take_idle(spec.pool)
         if idle is not None:
             idle.claim(claim, log_fd=log_fd)
+            self._claimed.add(spec.instance_id)
             return idle.process, idle.reader, idle.transport
         read_end, write_end = os.pipe()
         try:
@@ -298,8 +301,14 @@ class LocalBackend:
             return
         if line is not None and line.get("event") == "ready":
             entry.ready = True
+            claimed = spec.instance_id in self._claimed
+            self._claimed.discard(spec.instance_id)
             address = InstanceAddress(
-                spec.instance_id, spec.key, entry.socket_path, spec.concurrency, start_phases=_phases(entry, line)
+                spec.instance_id,
+                spec.key,
+                entry.socket_path,
+                spec.concurrency,
+                start_phases=_phases(entry, line, claimed=claimed),
             )
             self._emit(InstanceEvent(EventKind.READY, spec.instance_id, spec.key, address=address))
         elif not entry.stop_requested:
@@ -314,6 +323,7 @@ class LocalBackend:
     def _cleanup(self, entry: _Process) -> None:
         entry.exited.set()
         self._processes.pop(entry.spec.instance_id, None)
+        self._claimed.discard(entry.spec.instance_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.socket_path)
         shutil.rmtree(entry.workdir, ignore_errors=True)
@@ -414,12 +424,14 @@ class LocalBackend:
             _kill(entry.process)
 
 
-def _phases(entry: _Process, ready: dict[str, object]) -> tuple[tuple[str, float], ...]:
-    """How the start went, in milliseconds. Forked from a pool: `fork` (request to a running child, as the zygote
-    measured it), `boot` (from there to the runtime's start), `init` (the runtime's start-up, user imports
-    included). A fresh interpreter: `spawn` (exec and imports) and `init`."""
+def _phases(entry: _Process, ready: dict[str, object], *, claimed: bool) -> tuple[tuple[str, float], ...]:
+    """How the start went, in milliseconds. An idle pool instance: `claim` (to the runtime's start) and `init`
+    (the runtime's start-up, user imports included). Forked on demand: `fork` (request to a running child, as
+    the zygote measured it), `boot`, `init`. A fresh interpreter: `spawn` (exec and imports) and `init`."""
     total_ms = (time.monotonic() - entry.started_at) * 1000
     init_ms = float(str(ready.get("init_ms", 0.0)))
+    if claimed:
+        return (("claim", round(max(0.0, total_ms - init_ms), 2)), ("init", round(init_ms, 2)))
     fork_ms = float(entry.fork_marks.get("running", 0.0))
     if fork_ms:
         boot_ms = max(0.0, total_ms - init_ms - fork_ms)

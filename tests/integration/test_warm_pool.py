@@ -79,12 +79,12 @@ def test_a_cold_start_reports_its_phases(platform: Platform) -> None:
         metrics = http.get("/metrics").text
     timing = cold.headers["server-timing"]
     assert timing.startswith("activator;dur=")
-    assert "spawn;dur=" in timing
+    assert "claim;dur=" in timing or "fork;dur=" in timing, timing
     assert "init;dur=" in timing
     assert "server-timing" not in warm.headers, "a request that did not wait carries no timing"
     starts = platform.describe("timed")["cold_starts"]
     assert isinstance(starts, list)
-    assert set(starts[0]["phases_ms"]) == {"spawn", "init"}
+    assert "init" in starts[0]["phases_ms"]
     assert 'nest_instance_start_seconds_count{phase="init"}' in metrics
 
 
