@@ -102,6 +102,8 @@ class IdleInstance:
     reader: asyncio.StreamReader
     transport: asyncio.BaseTransport
     claims: socket.socket
+    cgroup: Path | None = None
+    """Its memory cgroup, created while it was idle (the claim only sets the function's cap)."""
 
     def claim(self, claim: Claim, *, log_fd: int) -> None:
         """Make it one function's instance (it replies on its status pipe). Raises OSError if it died idle."""
@@ -111,10 +113,13 @@ class IdleInstance:
             self.claims.close()
 
     async def release(self) -> None:
-        """Let it go unclaimed: it exits, and is reaped here."""
+        """Let it go unclaimed: it exits, and is reaped here (its cgroup goes too)."""
         self.claims.close()
         self.transport.close()
         await self.process.wait()
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
 
 
 async def open_status_pipe(read_end: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:

@@ -1,9 +1,11 @@
 """Memory limits through cgroups, where the machine lets us create them; rlimits (set by the runtime) otherwise.
 
-cgroup v2 (`/sys/fs/cgroup/cgroup.controllers` lists `memory`): a `nest/<instance>` child with `memory.max`.
-cgroup v1 (`/sys/fs/cgroup/memory` writable): `nest/<instance>` with `memory.limit_in_bytes`. The instance's
-pid is written to `cgroup.procs` right after it is spawned, before it imports user code in earnest (its first
-milliseconds run unconfined: acceptable, the runtime's own rlimit already bounds them). Detection happens in
+cgroup v2 (`/sys/fs/cgroup/cgroup.controllers` lists `memory`): a `nest/<platform pid>/<instance>` child with
+`memory.max`. cgroup v1 (`/sys/fs/cgroup/memory` writable): the same under `memory/`, with
+`memory.limit_in_bytes`. The instance's
+pid is written to `cgroup.procs` right after it is spawned, from a worker thread because creating a group can
+take ~10 ms here (its first milliseconds run unconfined). Idle pool instances are placed while idle, so a claim
+only rewrites the cap. Detection happens in
 `detect()`, called from the backend's `run()`: constructors do no I/O.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,25 +42,63 @@ class Cgroups:
             return None
         return group
 
+    def limit(self, group: Path, memory_bytes: int) -> bool:
+        """Change a group's cap (a claimed idle instance gets its function's `memory`); cheap, unlike `place`."""
+        try:
+            (group / self.limit_file).write_text(str(memory_bytes))
+        except OSError as exc:
+            logger.warning("cgroup limit for %s not applied: %s", group.name, exc)
+            return False
+        return True
+
     @staticmethod
     def remove(group: Path) -> None:
         with contextlib.suppress(OSError):
             group.rmdir()
 
 
-def detect(root: Path = ROOT) -> Cgroups | None:
-    """The cgroup hierarchy Nest may use here, or None."""
+def detect(root: Path = ROOT, *, owner: int) -> Cgroups | None:
+    """The cgroup hierarchy this platform (pid `owner`) may use here, or None. Groups live under
+    `nest/<owner>/`, so several platforms on one machine keep apart; groups left by platforms that died are
+    removed on the way."""
     controllers = root / "cgroup.controllers"
     candidates = []
     if controllers.is_file() and "memory" in controllers.read_text().split():
         candidates.append((root / "nest", "memory.max"))
     if (root / "memory").is_dir():
         candidates.append((root / "memory" / "nest", "memory.limit_in_bytes"))
-    for base, limit_file in candidates:
+    for shared, limit_file in candidates:
         try:
+            shared.mkdir(exist_ok=True)
+            _remove_stale(shared)
+            base = shared / str(owner)
             base.mkdir(exist_ok=True)
         except OSError:
             continue
         if (base / "cgroup.procs").exists():
             return Cgroups(base, limit_file)
     return None
+
+
+def _remove_stale(shared: Path) -> None:
+    for group in shared.iterdir():
+        if group.is_dir() and group.name.isdigit() and not _alive(int(group.name)):
+            remove_tree(group)
+
+
+def remove_tree(group: Path) -> None:
+    """Remove a platform's groups (empty ones only: the kernel refuses groups that still hold processes)."""
+    for child in group.iterdir():
+        if child.is_dir():
+            Cgroups.remove(child)
+    Cgroups.remove(group)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
-from controller.backends.cgroups import Cgroups, detect
+from controller.backends.cgroups import Cgroups, detect, remove_tree
 from controller.warmpool import (
     DEFAULT_PRELOAD,
     Claim,
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nest.backend")
 
 LOG_ROTATE_BYTES = 10 * 1024**2
+IDLE_MEMORY_BYTES = 256 * 1024**2
+"""Cap of an idle pool instance's cgroup until a claim sets the function's own."""
 STATUS_LINE_MAX = 64 * 1024
 
 
@@ -106,7 +108,7 @@ class LocalBackend:
         self._pools: dict[str, ZygotePool] = {}
         self._idle: dict[str, collections.deque[IdleInstance]] = {}
         self._preparing: dict[str, int] = {}
-        self._claimed: set[InstanceId] = set()
+        self._claimed: dict[InstanceId, Path | None] = {}
         """Instances that were idle pool instances, for naming their start phase."""
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
@@ -115,7 +117,7 @@ class LocalBackend:
             (self._config.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self._config.log_dir.mkdir(parents=True, exist_ok=True)
         if self._config.use_cgroups:
-            self._cgroups = await asyncio.to_thread(detect)
+            self._cgroups = await asyncio.to_thread(detect, owner=os.getpid())
             logger.info("memory limits: %s", f"cgroups under {self._cgroups.base}" if self._cgroups else "rlimits only")
         if self._config.warm_pool:
             await self._start_pools()
@@ -128,14 +130,29 @@ class LocalBackend:
                         self._refill(name)
         finally:
             self._group = None
-            for entry in list(self._processes.values()):
-                _kill(entry.process)
-            for waiting in self._idle.values():
-                for idle in waiting:
-                    _kill(idle.process)
-                    idle.claims.close()
-            for pool in self._pools.values():
-                await pool.close()
+            await self._abandon_all()
+
+    async def _abandon_all(self) -> None:
+        """Shutdown (or cancellation): kill what is left, reap it, and remove what it leaves on disk."""
+        entries = list(self._processes.values())
+        idle = [instance for waiting in self._idle.values() for instance in waiting]
+        for entry in entries:
+            _kill(entry.process)
+        for instance in idle:
+            _kill(instance.process)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                for entry in entries:
+                    if entry.process is not None:
+                        await entry.process.wait()
+                for instance in idle:
+                    await instance.release()
+        for entry in entries:
+            self._cleanup(entry)
+        for pool in self._pools.values():
+            await pool.close()
+        if self._cgroups is not None:
+            remove_tree(self._cgroups.base)
 
     async def _start_pools(self) -> None:
         if not become_subreaper():
@@ -211,7 +228,9 @@ class LocalBackend:
         finally:
             os.close(log_fd)
         entry = _Process(spec, process, socket_path, workdir)
-        if process is not None:
+        if spec.instance_id in self._claimed:
+            entry.cgroup = self._claimed[spec.instance_id]
+        elif process is not None:
             self._confine(entry, process.pid)
         self._processes[spec.instance_id] = entry
         self._group.create_task(self._watch(entry, reader, transport))
@@ -223,8 +242,10 @@ class LocalBackend:
         The process is None until a pool-forked instance announces its pid on the status pipe."""
         idle = self._take_idle(spec.pool)
         if idle is not None:
+            if idle.cgroup is not None and self._cgroups is not None:
+                self._cgroups.limit(idle.cgroup, spec.memory_bytes)
             idle.claim(claim, log_fd=log_fd)
-            self._claimed.add(spec.instance_id)
+            self._claimed[spec.instance_id] = idle.cgroup
             return idle.process, idle.reader, idle.transport
         read_end, write_end = os.pipe()
         try:
@@ -254,11 +275,11 @@ class LocalBackend:
         return process, reader, transport
 
     def _take_idle(self, pool: str) -> IdleInstance | None:
-        """An idle instance of the pool that is still alive, and a refill behind it."""
+        """An idle instance of the pool that is still alive. The refill waits until the claimed instance is ready
+        (see `_watch`): forking and rehearsing a new one meanwhile would take CPU from the start it replaces."""
         idle = self._idle.get(pool)
         while idle:
             candidate = idle.popleft()
-            self._refill(pool)
             if candidate.process.returncode is None and _alive(candidate.process.pid):
                 return candidate
             self._spawn_task(candidate.release())
@@ -273,6 +294,9 @@ class LocalBackend:
     async def _prepare(self, pool: str) -> None:
         try:
             idle = await self._pools[pool].prepare(platform_pid=os.getpid())
+            if self._cgroups is not None:
+                pid, cap = idle.process.pid, IDLE_MEMORY_BYTES
+                idle.cgroup = await asyncio.to_thread(self._cgroups.place, f"idle-{pid}", pid, cap)
         except (OSError, RuntimeError) as exc:
             logger.warning("warm pool %r could not fork an idle instance: %s", pool, exc)
             return
@@ -287,12 +311,19 @@ class LocalBackend:
         self._group.create_task(work)
 
     def _confine(self, entry: _Process, pid: int) -> None:
+        """Put the instance in its memory cgroup, off the event loop (creating a group can take ~10 ms)."""
         if self._cgroups is not None:
-            entry.cgroup = self._cgroups.place(entry.spec.instance_id, pid, entry.spec.memory_bytes)
+            self._spawn_task(self._place(self._cgroups, entry, pid))
+
+    async def _place(self, cgroups: Cgroups, entry: _Process, pid: int) -> None:
+        entry.cgroup = await asyncio.to_thread(cgroups.place, entry.spec.instance_id, pid, entry.spec.memory_bytes)
+        if entry.exited.is_set() and entry.cgroup is not None:
+            Cgroups.remove(entry.cgroup)
 
     async def _watch(self, entry: _Process, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         spec = entry.spec
         line = await self._read_status(entry, reader, transport)
+        self._refill(spec.pool)
         if entry.process is None:  # the pool never forked it
             failure = InitFailure(spec.key, "PoolError", "the warm pool could not fork an instance", at=time.time())
             self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))
@@ -302,7 +333,7 @@ class LocalBackend:
         if line is not None and line.get("event") == "ready":
             entry.ready = True
             claimed = spec.instance_id in self._claimed
-            self._claimed.discard(spec.instance_id)
+            self._claimed.pop(spec.instance_id, None)
             address = InstanceAddress(
                 spec.instance_id,
                 spec.key,
@@ -323,7 +354,7 @@ class LocalBackend:
     def _cleanup(self, entry: _Process) -> None:
         entry.exited.set()
         self._processes.pop(entry.spec.instance_id, None)
-        self._claimed.discard(entry.spec.instance_id)
+        self._claimed.pop(entry.spec.instance_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.socket_path)
         shutil.rmtree(entry.workdir, ignore_errors=True)
