@@ -13,6 +13,9 @@ PURE_MODULES = [
     "gateway/balancing.py",
     "gateway/routes.py",
     "controller/reconciler.py",
+    "gateway/asyncq/retry.py",
+    "gateway/asyncq/aimd.py",
+    "gateway/asyncq/fairness.py",
 ]
 ALLOWED_IMPORTS = {"__future__", "math", "dataclasses", "enum", "typing", "collections.abc"}
 FORBIDDEN_CALLS = {"time", "asyncio", "random", "os", "socket", "subprocess"}
