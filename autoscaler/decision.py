@@ -14,7 +14,8 @@ its end, so a burst that arrives late in a tick scales at once instead of a tick
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +33,34 @@ class Observation:
     """Instances that exist now (ready or starting)."""
     poked: bool = False
     """The activator holds a request for this version and asked for capacity now."""
+    _: KW_ONLY
+    ready: int | None = None
+    """Instances ready to serve; None counts every current instance."""
+    qps: float | None = None
+    """Requests per second over the interval; None derives it from `completed / interval_s`."""
+    cpu: float | None = None
+    """Cores in use by all instances (mean over the interval), where the backend reports it."""
+    memory: float | None = None
+    """Bytes in use by all instances, where the backend reports it."""
+    interval_s: float = 1.0
+    """Seconds the interval's values cover, ending at `now`; 0 for a point observation (a poke)."""
+
+
+class Mode(StrEnum):
+    STABLE = "stable"
+    PANIC = "panic"
+
+
+class Metric(StrEnum):
+    """What drove a decision: a demand metric, or NONE when only bounds and idleness did."""
+
+    CONCURRENCY = "concurrency"
+    QPS = "qps"
+    CPU = "cpu"
+    MEMORY = "memory"
+    QUEUE = "queue"
+    TREND = "trend"
+    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +75,8 @@ class ScalerState:
 @dataclass(frozen=True, slots=True)
 class Decision:
     desired: int
+    mode: Mode
+    metric: Metric
     reason: str
     state: ScalerState
 
@@ -72,7 +103,7 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     desired, reason = _explain(spec, seen, now, wanted=wanted, held=held, observed=observed, last_active=last_active)
     if waking and desired >= 1:
         reason = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances → {desired}"
-    return Decision(desired, reason, next_state)
+    return Decision(desired, Mode.STABLE, Metric.CONCURRENCY, reason, next_state)
 
 
 def _explain(

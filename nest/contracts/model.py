@@ -21,11 +21,26 @@ class VersionKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ScalingSchedule:
+    """A scheduled minimum: from each time `cron` fires (in `timezone`) and for `duration_s`, keep `min` instances."""
+
+    cron: str
+    """Five-field cron expression, e.g. `0 9 * * MON-FRI`."""
+    timezone: str = "UTC"
+    """IANA zone name, e.g. `Europe/Paris`; the cron fields are read as wall-clock time there."""
+    duration_s: float = 3600.0
+    """Elapsed seconds the window lasts from each firing (8h is eight real hours, even across a DST change)."""
+    min: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class ScalingSpec:
     """How one version scales; durations in seconds. Built from `nest.yaml` `scaling:` by the manifest model.
 
-    `target_concurrency` is the in-flight requests one instance should carry at 100% utilisation;
-    the autoscaler aims at `target_concurrency * utilization` (0.7 by default: scale ahead at 70%).
+    Each metric's target is what one instance should carry at 100% utilisation; the autoscaler aims at
+    `target * utilization` (0.7 by default: scale ahead at 70%). `target_concurrency` is in-flight requests,
+    `target_qps` requests per second, `target_cpu` cores and `target_memory` bytes per instance; None ignores
+    the metric. See `autoscaler/decision.py` for how they combine.
     """
 
     min: int = 0
@@ -34,6 +49,26 @@ class ScalingSpec:
     utilization: float = 0.7
     scale_down_delay_s: float = 30.0
     scale_to_zero_grace_s: float = 60.0
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0
+    """Panic when the panic window's demand reaches this multiple of the current capacity."""
+    max_scale_up_rate: float = 1000.0
+    """At most `ceil(rate * current)` instances after one decision."""
+    max_scale_down_rate: float = 2.0
+    """At least `floor(current / rate)` instances after one decision."""
+    initial_scale: int = 1
+    """Instances on the first decision for a version that has none (a deploy); 0 waits for traffic."""
+    activation_scale: int = 1
+    """The least count whenever the version is not at zero (so also when waking from zero)."""
+    target_qps: float | None = None
+    target_cpu: float | None = None
+    target_memory: float | None = None
+    schedules: tuple[ScalingSchedule, ...] = ()
+    prediction: bool = True
+    """Add a short-horizon trend term, so a steady ramp is met before it overloads."""
+    start_latency_s: float = 0.05
+    """Expected time from a scale-up decision to a ready instance (the prediction horizon, plus one tick)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +126,7 @@ class VersionTraffic:
     completed: int
     interval_s: float
     extra: dict[str, float] = field(default_factory=dict)
+    cpu: float | None = None
+    """Cores in use by all the version's instances (mean over the interval), where the backend reports it."""
+    memory: float | None = None
+    """Bytes in use by all the version's instances, where the backend reports it."""
