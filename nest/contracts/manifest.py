@@ -14,6 +14,7 @@ memory: 256Mi
 concurrency: 10             # max in-flight requests per instance
 scaling: {min: 0, max: 10, utilization: 0.7, scale_down_delay: 30s, scale_to_zero_grace: 60s}
 http: {methods: [GET, POST], paths: [/hello, /api/hello/*]}
+package: {codec: zstd}      # zstd (smaller) | lz4 (faster to decompress)
 ```
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,6 +150,12 @@ class Scaling(_Strict):
         return self
 
 
+class Package(_Strict):
+    """`package:` how `nest deploy` builds the code package (see nest/contracts/chunks.py)."""
+
+    codec: Literal["zstd", "lz4"] = Field("zstd", description="Chunk compression: zstd (smaller) or lz4 (faster).")
+
+
 class Http(_Strict):
     """`http:` extra gateway routes for the function, and the methods it accepts."""
 
@@ -198,6 +205,7 @@ class Manifest(_Strict):
     )
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)
+    package: Package = Field(default_factory=Package)  # type: ignore[arg-type]
 
     @field_validator("name")
     @classmethod
