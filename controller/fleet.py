@@ -79,6 +79,9 @@ class Fleet:
         self._run_token = os.urandom(2).hex()
         self._counter = itertools.count(1)
         self._stopping: set[asyncio.Task[None]] = set()
+        self._superseded: set[InstanceId] = set()
+        """Ready instances due for replacement (their zygote died or their pool changed): each keeps serving
+        until a replacement of its version is ready, then drains (`supersede`)."""
 
     # what controller/functions.py calls
 
@@ -143,6 +146,14 @@ class Fleet:
             version.desired = desired
             self._wake.set()
 
+    def supersede(self, instance_id: InstanceId) -> None:
+        """Replace a ready instance without dropping traffic: a new one starts, and this one drains only once
+        the new one is ready (a rolling update of one, like Kubernetes' maxSurge=1, maxUnavailable=0)."""
+        instance = self._instances.get(instance_id)
+        if instance is not None and instance.state is InstanceState.READY:
+            self._superseded.add(instance_id)
+            self._wake.set()
+
     # the backend's events
 
     def on_event(self, event: InstanceEvent) -> None:
@@ -158,6 +169,7 @@ class Fleet:
                 self._backoffs.pop(key, None)
                 self._publish(key)
                 self._record_start(event.instance_id, key, event.address.start_phases)
+                self._retire_one_superseded(key)
         elif event.kind is EventKind.INIT_FAILED and event.failure is not None:
             failures = self._backoffs[key].failures + 1 if key in self._backoffs else 1
             self._backoffs[key] = backoff_after(failures, self._clock())
@@ -168,6 +180,7 @@ class Fleet:
             self._publisher.report_init_failure(event.failure)
         elif event.kind is EventKind.EXITED:
             del self._instances[event.instance_id]
+            self._superseded.discard(event.instance_id)
             if instance.state is InstanceState.READY and not event.requested:
                 logger.warning("instance %s exited unexpectedly (code %s)", event.instance_id, event.exit_code)
             self._publish(key)
@@ -183,6 +196,12 @@ class Fleet:
         )
         if self._on_start_phases is not None and phases:
             self._on_start_phases(phases)
+
+    def _retire_one_superseded(self, key: VersionKey) -> None:
+        old = [i for i in self._superseded if self._instances[i].spec.key == key]
+        if old:
+            oldest = min(old, key=lambda i: self._instances[i].started_at)
+            self._begin_stop(oldest, "replaced: its warm pool changed or its zygote died")
 
     def cold_starts(self, function: str) -> list[dict[str, Any]]:
         """The function's most recent instance starts with their phases, newest first."""
@@ -217,12 +236,16 @@ class Fleet:
             InstanceView(instance_id, instance.spec.key, instance.state, instance.started_at)
             for instance_id, instance in self._instances.items()
         ]
-        desired = {key: version.desired for key, version in self._versions.items()}
+        desired = {key: version.desired + self._surge(key, version.desired) for key, version in self._versions.items()}
         for action in plan(desired, views, backoffs=self._backoffs, now=self._clock()):
             if isinstance(action, Start):
                 await self._start(action.key)
             elif isinstance(action, Stop):
                 self._begin_stop(action.instance_id, action.reason)
+
+    def _surge(self, key: VersionKey, desired: int) -> int:
+        """Extra instances to start as replacements of superseded ones (no more than the version wants)."""
+        return min(desired, sum(1 for i in self._superseded if self._instances[i].spec.key == key))
 
     async def _start(self, key: VersionKey) -> None:
         assert self.backend is not None, "wire a backend before running the fleet"
@@ -241,6 +264,7 @@ class Fleet:
 
     def _begin_stop(self, instance_id: InstanceId, reason: str) -> None:
         instance = self._instances[instance_id]
+        self._superseded.discard(instance_id)
         was_ready = instance.state is InstanceState.READY
         instance.state = InstanceState.STOPPING
         if was_ready:

@@ -5,7 +5,9 @@ and connects to its control socket; `spawn()` sends one request with the instanc
 attached and returns at once: the instance announces its pid (`{"event": "forked"}`) and then its readiness on
 the status pipe, like a freshly started one. The platform process is made a child subreaper, so forked
 instances are re-parented to it (they survive a zygote crash) and `ForkedProcess` can wait for them through a
-pidfd. A pool whose zygote died is restarted on the next spawn.
+pidfd. A pool whose zygote died is restarted on the next spawn (or by `controller/pooling.py`'s tick). Each
+start is a new `generation` of the pool; what is forked records its generation, so instances of a replaced
+zygote can be replaced in turn.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -104,6 +107,9 @@ class IdleInstance:
     claims: socket.socket
     cgroup: Path | None = None
     """Its memory cgroup, created while it was idle (the claim only sets the function's cap)."""
+    generation: int = 0
+    """The generation of the zygote it was forked from."""
+    born_at: float = field(default_factory=time.monotonic)
 
     def claim(self, claim: Claim, *, log_fd: int) -> None:
         """Make it one function's instance (it replies on its status pipe). Raises OSError if it died idle."""
@@ -143,7 +149,15 @@ class ZygotePool:
     preload: tuple[str, ...] = DEFAULT_PRELOAD
     process: asyncio.subprocess.Process | None = None
     connection: socket.socket | None = None
+    generation: int = 0
+    """Incremented by every start: instances forked by an earlier generation are due for replacement."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def restart(self) -> None:
+        """A new zygote in place of a dead one (or of a live one: it is stopped first)."""
+        async with self._lock:
+            await self.close()
+            await self.start()
 
     async def start(self) -> None:
         read_end, write_end = os.pipe()
@@ -167,6 +181,7 @@ class ZygotePool:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         connection.connect(str(self.control_path))
         self.connection = connection
+        self.generation += 1
         logger.info("warm pool %r ready (zygote pid %d, preloads %s)", self.name, self.process.pid, self.preload)
 
     @property
@@ -200,7 +215,7 @@ class ZygotePool:
             transport.close()
             ours.close()
             raise RuntimeError(f"the {self.name} pool did not fork an idle instance")
-        return IdleInstance(ForkedProcess(int(line["pid"])), reader, transport, ours)
+        return IdleInstance(ForkedProcess(int(line["pid"])), reader, transport, ours, generation=self.generation)
 
     async def _send(self, request: dict[str, object], fds: list[int]) -> None:
         async with self._lock:

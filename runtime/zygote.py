@@ -46,10 +46,22 @@ MESSAGE_MAX = 256 * 1024
 REPARENT_WAIT_S = 1.0
 
 
+PYTHON_SIGNALS = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGPIPE: signal.SIG_IGN,
+    signal.SIGXFSZ: signal.SIG_IGN,
+}
+"""What a fresh interpreter installs (KeyboardInterrupt on SIGINT; EPIPE instead of death on SIGPIPE)."""
+
+
 def _reset_signals() -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGPIPE):
+    """Every handler and the signal mask back to what a fresh interpreter has, whatever the zygote inherited."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
         with contextlib.suppress(OSError, ValueError):
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(sig, PYTHON_SIGNALS.get(sig, signal.SIG_DFL))
 
 
 def _detach(request: dict[str, Any], closing: list[socket.socket]) -> None:
@@ -165,6 +177,9 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     os.write(status_fd, json.dumps({"event": "ready", "pid": os.getpid()}).encode() + b"\n")
     os.close(status_fd)
     connection, _ = listener.accept()
+    # Only the platform may ever talk to us: close the door behind it, so no instance can reach the zygote.
+    listener.close()
+    os.unlink(control_path)
     while True:
         message, fds, _, _ = socket.recv_fds(connection, MESSAGE_MAX, 2)
         if not message:
@@ -173,7 +188,7 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        _spawn(json.loads(message), list(fds), [listener, connection])
+        _spawn(json.loads(message), list(fds), [connection])
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ What to start and stop is decided by `controller/reconciler.py`; this module onl
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
@@ -32,21 +31,15 @@ import httpx
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect, remove_tree
-from controller.warmpool import (
-    DEFAULT_PRELOAD,
-    Claim,
-    ForkedProcess,
-    IdleInstance,
-    ZygotePool,
-    become_subreaper,
-    open_status_pipe,
-)
+from controller.pooling import PoolsConfig, WarmPools
+from controller.warmpool import Claim, ForkedProcess, open_status_pipe
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from nest.contracts.ids import InstanceId
+    from nest.contracts.pools import PoolSettings
 
 logger = logging.getLogger("nest.backend")
 
@@ -67,13 +60,15 @@ class LocalBackendConfig:
     health_failures: int = 2
     start_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    code_url: str = ""
+    """Base URL of the code store (`http://host:port/api/v1/code`) that instances fetch packages from."""
+    code_cache: Path | None = None
+    """The node's unpacked-package cache; default `<run_dir>/../cache`."""
     use_cgroups: bool = True
     warm_pool: bool = True
     """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
-    idle_per_pool: int = 2
-    """Generic instances each pool keeps forked ahead of need; a claim takes one and a refill starts at once."""
-    pools: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Operator-declared pools beside `default`: name -> modules their zygote imports before forking."""
+    pools: dict[str, PoolSettings] = field(default_factory=dict)
+    """Operator-declared pools (and `default`'s settings): preloads, idle sizes, TTL (see controller/pooling.py)."""
     """Cap memory with a cgroup where the machine allows it (the runtime's rlimit applies everywhere)."""
 
 
@@ -91,6 +86,8 @@ class _Process:
     cgroup: Path | None = None
     started_at: float = field(default_factory=time.monotonic)
     forked_at: float | None = None
+    generation: int | None = None
+    """The generation of the pool's zygote it was forked from; None for a fresh interpreter."""
     fork_marks: dict[str, float] = field(default_factory=dict)
     """From the pool: milliseconds from the request to `received`, `forked`, `forked_again`, `running`."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -105,12 +102,19 @@ class LocalBackend:
         self._processes: dict[InstanceId, _Process] = {}
         self._group: asyncio.TaskGroup | None = None
         self._cgroups: Cgroups | None = None
-        self._pools: dict[str, ZygotePool] = {}
-        self._idle: dict[str, collections.deque[IdleInstance]] = {}
-        self._preparing: dict[str, int] = {}
+        self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
+        self.warm_pools = WarmPools(
+            PoolsConfig(config.run_dir, config.python, self._import_root, dict(config.pools)),
+            confine=self._confine_idle,
+            on_stale=self._replace_stale,
+        )
+        self._warm: WarmPools | None = None
+        """The pools once started (None: warm pool off or unavailable)."""
+        self.on_stale: Callable[[InstanceId], None] | None = None
+        """Called for each instance due for replacement (its zygote died or its pool changed); the fleet
+        starts a replacement and drains this one once the replacement is ready."""
         self._claimed: dict[InstanceId, Path | None] = {}
         """Instances that were idle pool instances, for naming their start phase."""
-        self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
 
     async def run(self) -> None:
         for sub in ("sockets", "instances"):
@@ -119,15 +123,14 @@ class LocalBackend:
         if self._config.use_cgroups:
             self._cgroups = await asyncio.to_thread(detect, owner=os.getpid())
             logger.info("memory limits: %s", f"cgroups under {self._cgroups.base}" if self._cgroups else "rlimits only")
-        if self._config.warm_pool:
-            await self._start_pools()
+        if self._config.warm_pool and await self.warm_pools.start():
+            self._warm = self.warm_pools
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self._health_loop())
-                for name in self._pools:
-                    for _ in range(self._config.idle_per_pool):
-                        self._refill(name)
+                if self._warm is not None:
+                    group.create_task(self._warm.run())
         finally:
             self._group = None
             await self._abandon_all()
@@ -135,43 +138,19 @@ class LocalBackend:
     async def _abandon_all(self) -> None:
         """Shutdown (or cancellation): kill what is left, reap it, and remove what it leaves on disk."""
         entries = list(self._processes.values())
-        idle = [instance for waiting in self._idle.values() for instance in waiting]
         for entry in entries:
             _kill(entry.process)
-        for instance in idle:
-            _kill(instance.process)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 for entry in entries:
                     if entry.process is not None:
                         await entry.process.wait()
-                for instance in idle:
-                    await instance.release()
         for entry in entries:
             self._cleanup(entry)
-        for pool in self._pools.values():
-            await pool.close()
+        if self._warm is not None:
+            await self._warm.close()
         if self._cgroups is not None:
             remove_tree(self._cgroups.base)
-
-    async def _start_pools(self) -> None:
-        if not become_subreaper():
-            logger.warning("warm pool off: this platform cannot adopt forked instances (no PR_SET_CHILD_SUBREAPER)")
-            return
-        declared = {"default": DEFAULT_PRELOAD} | {
-            name: (*DEFAULT_PRELOAD, *modules) for name, modules in self._config.pools.items()
-        }
-        for name, preload in declared.items():
-            pool = ZygotePool(
-                name, self._config.run_dir / f"zygote-{name}.sock", self._config.python, self._import_root, preload
-            )
-            try:
-                await pool.start()
-            except (OSError, RuntimeError, TimeoutError) as exc:
-                logger.warning("warm pool %r off: %s; its functions start as fresh interpreters", name, exc)
-                await pool.close()
-                continue
-            self._pools[name] = pool
 
     def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
         python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
@@ -204,6 +183,15 @@ class LocalBackend:
                 path.replace(path.with_suffix(".log.1"))
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
+    def _code_arguments(self, spec: InstanceSpec) -> list[str]:
+        """Where the code is: a chunked package lands in the node cache, `<cache>/<xx>/<digest>` (`runtime/fetch.py`
+        fetches and unpacks it there on the first start of the version on this node, later starts find it)."""
+        if not spec.package:
+            return ["--code-dir", str(spec.code_dir)]
+        cache = self._config.code_cache or self._config.run_dir.parent / "cache"
+        code_dir = cache / spec.package[:2] / spec.package
+        return ["--code-dir", str(code_dir), "--package", spec.package, "--code-url", self._config.code_url]
+
     async def start(self, spec: InstanceSpec) -> None:
         if self._group is None:
             raise RuntimeError("LocalBackend.run() is not running")
@@ -211,7 +199,7 @@ class LocalBackend:
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         socket_path = self._socket_path(spec.instance_id)
         arguments = [
-            *("--socket", socket_path, "--code-dir", str(spec.code_dir)),
+            *("--socket", socket_path, *self._code_arguments(spec)),
             *("--handler", spec.handler, "--style", spec.handler_style, "--function", spec.key.function),
             *("--version", spec.key.version, "--instance", spec.instance_id, "--timeout", str(spec.timeout_s)),
             *("--concurrency", str(spec.concurrency), "--memory-bytes", str(spec.memory_bytes)),
@@ -221,13 +209,13 @@ class LocalBackend:
         claim = Claim(arguments, self._environment(spec, workdir), str(workdir))
         log_fd = self._open_log(spec.key.function)
         try:
-            process, reader, transport = await self._launch(spec, claim, log_fd)
+            process, reader, transport, generation = await self._launch(spec, claim, log_fd)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
             os.close(log_fd)
-        entry = _Process(spec, process, socket_path, workdir)
+        entry = _Process(spec, process, socket_path, workdir, generation=generation)
         if spec.instance_id in self._claimed:
             entry.cgroup = self._claimed[spec.instance_id]
         elif process is not None:
@@ -237,23 +225,28 @@ class LocalBackend:
 
     async def _launch(
         self, spec: InstanceSpec, claim: Claim, log_fd: int
-    ) -> tuple[asyncio.subprocess.Process | ForkedProcess | None, asyncio.StreamReader, asyncio.BaseTransport]:
+    ) -> tuple[
+        asyncio.subprocess.Process | ForkedProcess | None, asyncio.StreamReader, asyncio.BaseTransport, int | None
+    ]:
         """Start the process: claim an idle pool instance, or have the pool fork one, or exec a fresh one.
-        The process is None until a pool-forked instance announces its pid on the status pipe."""
-        idle = self._take_idle(spec.pool)
+        The process is None until a pool-forked instance announces its pid on the status pipe; the generation is
+        that of the zygote it comes from (None for a fresh interpreter)."""
+        idle = self._warm.take(spec.pool) if self._warm is not None else None
         if idle is not None:
             if idle.cgroup is not None and self._cgroups is not None:
                 self._cgroups.limit(idle.cgroup, spec.memory_bytes)
             idle.claim(claim, log_fd=log_fd)
             self._claimed[spec.instance_id] = idle.cgroup
-            return idle.process, idle.reader, idle.transport
+            return idle.process, idle.reader, idle.transport, idle.generation
         read_end, write_end = os.pipe()
+        generation = None
         try:
-            pool = self._pools.get(spec.pool)
+            pool = self._warm.zygote(spec.pool) if self._warm is not None else None
             process: asyncio.subprocess.Process | None = None
             if pool is not None:
                 request = claim.message(platform_pid=os.getpid(), sent_at=time.time())
                 await pool.spawn(request, status_fd=write_end, log_fd=log_fd)
+                generation = pool.generation
             else:
                 process = await asyncio.create_subprocess_exec(
                     self._config.python,
@@ -272,37 +265,21 @@ class LocalBackend:
         finally:
             os.close(write_end)
         reader, transport = await open_status_pipe(read_end)
-        return process, reader, transport
+        return process, reader, transport, generation
 
-    def _take_idle(self, pool: str) -> IdleInstance | None:
-        """An idle instance of the pool that is still alive. The refill waits until the claimed instance is ready
-        (see `_watch`): forking and rehearsing a new one meanwhile would take CPU from the start it replaces."""
-        idle = self._idle.get(pool)
-        while idle:
-            candidate = idle.popleft()
-            if candidate.process.returncode is None and _alive(candidate.process.pid):
-                return candidate
-            self._spawn_task(candidate.release())
-        return None
+    async def _confine_idle(self, pid: int) -> Path | None:
+        """An idle pool instance's memory cgroup, created while it waits (a claim only sets the function's cap)."""
+        if self._cgroups is None:
+            return None
+        return await asyncio.to_thread(self._cgroups.place, f"idle-{pid}", pid, IDLE_MEMORY_BYTES)
 
-    def _refill(self, pool: str) -> None:
-        waiting = self._idle.setdefault(pool, collections.deque())
-        if pool in self._pools and len(waiting) + self._preparing.get(pool, 0) < self._config.idle_per_pool:
-            self._preparing[pool] = self._preparing.get(pool, 0) + 1
-            self._spawn_task(self._prepare(pool))
-
-    async def _prepare(self, pool: str) -> None:
-        try:
-            idle = await self._pools[pool].prepare(platform_pid=os.getpid())
-            if self._cgroups is not None:
-                pid, cap = idle.process.pid, IDLE_MEMORY_BYTES
-                idle.cgroup = await asyncio.to_thread(self._cgroups.place, f"idle-{pid}", pid, cap)
-        except (OSError, RuntimeError) as exc:
-            logger.warning("warm pool %r could not fork an idle instance: %s", pool, exc)
-            return
-        finally:
-            self._preparing[pool] -= 1
-        self._idle.setdefault(pool, collections.deque()).append(idle)
+    def _replace_stale(self, pool: str, generation: int) -> None:
+        """Instances forked by a zygote older than `generation` of `pool`: have each replaced, traffic kept."""
+        for instance_id, entry in list(self._processes.items()):
+            stale = entry.generation is not None and entry.generation < generation
+            if entry.spec.pool == pool and stale and not entry.stop_requested and self.on_stale is not None:
+                entry.generation = None  # asked once
+                self.on_stale(instance_id)
 
     def _spawn_task(self, work: Coroutine[object, object, None]) -> None:
         if self._group is None:
@@ -323,7 +300,8 @@ class LocalBackend:
     async def _watch(self, entry: _Process, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         spec = entry.spec
         line = await self._read_status(entry, reader, transport)
-        self._refill(spec.pool)
+        if self._warm is not None:
+            self._warm.refill(spec.pool)
         if entry.process is None:  # the pool never forked it
             failure = InitFailure(spec.key, "PoolError", "the warm pool could not fork an instance", at=time.time())
             self._emit(InstanceEvent(EventKind.INIT_FAILED, spec.instance_id, spec.key, failure=failure))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
@@ -30,6 +31,7 @@ from nest.cli.templates import HANDLERS, render
 from nest.client import DEFAULT_URL, ClientError, NestClient
 from nest.contracts.errors import InvalidInput
 from nest.contracts.manifest import NAME_PATTERN, ManifestError, json_schema, parse_manifest, validate_name
+from nest.contracts.pools import PoolSettings, PoolsFileError, parse_pools
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
 out = Console(highlight=False, soft_wrap=True)
@@ -72,17 +74,16 @@ def up(
         list[str] | None,
         typer.Option("--pool", help="Declare a warm pool: NAME=module,module (repeatable); functions say pool: NAME"),
     ] = None,
+    pools_file: Annotated[
+        Path | None,
+        typer.Option("--pools", help="Warm pools file (YAML: preloads, min/max idle, idle TTL); SIGHUP reloads it"),
+    ] = None,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
 
     directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
-    pools = {}
-    for item in pool or []:
-        name, sep, modules = item.partition("=")
-        if not sep or not NAME_PATTERN.match(name) or name in {"default", "none"}:
-            fail(f"--pool {item!r}: expected NAME=module,module with a new pool name (e.g. science=numpy,pandas)")
-        pools[name] = tuple(m.strip() for m in modules.split(",") if m.strip())
+    pools = _declared_pools(pools_file, pool or [])
     serve(
         EmbeddedConfig(
             host=host,
@@ -91,8 +92,30 @@ def up(
             health_interval_s=health_interval,
             activation_timeout_s=activation_timeout,
             pools=pools,
+            pools_file=pools_file.resolve() if pools_file is not None else None,
         )
     )
+
+
+def _declared_pools(pools_file: Path | None, shorthand: list[str]) -> dict[str, PoolSettings]:
+    """The pools file, then each `--pool NAME=mods` (a new pool with default sizes); refuses a bad one."""
+    pools: dict[str, PoolSettings] = {}
+    if pools_file is not None:
+        try:
+            pools = parse_pools(pools_file.read_bytes())
+        except OSError as exc:
+            fail(f"--pools {pools_file}: cannot read it ({exc.strerror})")
+        except PoolsFileError as exc:
+            fail(f"--pools {pools_file}: " + "; ".join(f"{f}: {m}" if f else m for f, m in exc.problems))
+    for item in shorthand:
+        name, sep, modules = item.partition("=")
+        if not sep or not NAME_PATTERN.match(name) or name in {"default", "none"} or name in pools:
+            fail(f"--pool {item!r}: expected NAME=module,module with a new pool name (e.g. science=numpy,pandas)")
+        try:
+            pools[name] = PoolSettings.model_validate({"preload": modules})
+        except ValidationError as exc:
+            fail(f"--pool {item!r}: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+    return pools
 
 
 @app.command()

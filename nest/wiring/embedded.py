@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,17 +27,20 @@ from autoscaler.loop import Autoscaler
 from controller.backends.local import LocalBackend, LocalBackendConfig
 from controller.fleet import Fleet
 from controller.functions import FunctionService, ServiceConfig
+from controller.pooling import PoolCollector
 from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
 from gateway.upstream import UpstreamPool
+from nest.contracts.pools import PoolsFileError, parse_pools
 
 if TYPE_CHECKING:
     from autoscaler.ports import MetricsSource, ScaleTarget
     from controller.backends.base import Backend
     from controller.ports import RoutePublisher
     from gateway.ports import ControlPlane, DemandSignal
+    from nest.contracts.pools import PoolSettings
 
 logger = logging.getLogger("nest")
 
@@ -52,8 +56,10 @@ class EmbeddedConfig:
     tick_s: float = 1.0
     drain_timeout_s: float = 30.0
     health_interval_s: float = 5.0
-    pools: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Operator-declared warm pools: name -> modules to preload (`nest up --pool NAME=mod,mod`)."""
+    pools: dict[str, PoolSettings] = field(default_factory=dict)
+    """Operator-declared warm pools (`nest up --pools FILE`, `--pool NAME=mod,mod`); `default` may be tuned."""
+    pools_file: Path | None = None
+    """Re-read on SIGHUP: changed preloads get a new zygote and their instances are replaced without downtime."""
 
 
 def _check_ports(
@@ -87,16 +93,8 @@ async def run(config: EmbeddedConfig) -> None:
             start_seconds.labels(phase).observe(ms / 1000)
 
     fleet = Fleet(table, on_start_phases=observe_start)
-    backend: Backend = LocalBackend(
-        LocalBackendConfig(
-            run_dir=data_dir / "run",
-            log_dir=data_dir / "logs",
-            health_interval_s=config.health_interval_s,
-            pools=dict(config.pools),
-        ),
-        fleet.on_event,
-    )
-    fleet.backend = backend
+    local = local_backend(config, data_dir, fleet, registry)
+    backend: Backend = local
     autoscaler = Autoscaler(table, fleet, tick_s=config.tick_s)
     table.connect_demand(autoscaler)
     service = FunctionService(
@@ -146,6 +144,8 @@ async def run(config: EmbeddedConfig) -> None:
                 group.create_task(autoscaler.run(), name="autoscaler"),
             ]
             await service.load()
+            if config.pools_file is not None:
+                watch_pools_file(config.pools_file, local, group)
             state["ready"] = True
             logger.info("Nest data directory: %s", data_dir)
             await server.serve()
@@ -159,6 +159,38 @@ async def run(config: EmbeddedConfig) -> None:
         pool.close()
         await store.close()
         logger.info("state closed")
+
+
+def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry: CollectorRegistry) -> LocalBackend:
+    """Instances as child processes, warm pools included: the fleet replaces what their zygotes made stale."""
+    local = LocalBackend(
+        LocalBackendConfig(
+            run_dir=data_dir / "run",
+            log_dir=data_dir / "logs",
+            health_interval_s=config.health_interval_s,
+            pools=dict(config.pools),
+        ),
+        fleet.on_event,
+    )
+    local.on_stale = fleet.supersede
+    fleet.backend = local
+    registry.register(PoolCollector(local.warm_pools))
+    return local
+
+
+def watch_pools_file(path: Path, backend: LocalBackend, group: asyncio.TaskGroup) -> None:
+    """SIGHUP re-reads the pools file; a bad file is logged and the running pools are kept."""
+
+    def reload() -> None:
+        try:
+            settings = parse_pools(path.read_bytes())
+        except (OSError, PoolsFileError) as exc:
+            logger.error("pools file %s not reloaded: %s", path, exc)
+            return
+        logger.info("reloading warm pools from %s", path)
+        group.create_task(backend.warm_pools.reconfigure(settings), name="pools-reload")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def serve(config: EmbeddedConfig) -> None:
