@@ -133,7 +133,8 @@ def aggregate(replies: Iterable[list[VersionTraffic]]) -> list[VersionTraffic]:
     """Per version: in-flight, queued, completed, concurrency and extras summed; the interval is the longest.
 
     Pure. Summing concurrency is right because replicas see disjoint requests over (nearly) the same interval:
-    two replicas each averaging 3.0 in flight mean 6.0 for the version.
+    two replicas each averaging 3.0 in flight mean 6.0 for the version. `cpu` and `memory` describe the
+    version's instances, which every replica that reports them reports alike, so they take the largest.
     """
     totals: dict[VersionKey, VersionTraffic] = {}
     for reply in replies:
@@ -153,8 +154,14 @@ def aggregate(replies: Iterable[list[VersionTraffic]]) -> list[VersionTraffic]:
                 seen.completed + item.completed,
                 max(seen.interval_s, item.interval_s),
                 extra,
+                _largest(seen.cpu, item.cpu),
+                _largest(seen.memory, item.memory),
             )
     return list(totals.values())
+
+
+def _largest(one: float | None, other: float | None) -> float | None:
+    return max(one, other) if one is not None and other is not None else (one if other is None else other)
 
 
 def _from_message(item: metrics_pb2.VersionTraffic) -> VersionTraffic:
@@ -167,6 +174,7 @@ def _from_message(item: metrics_pb2.VersionTraffic) -> VersionTraffic:
         "queued": item.queued,
         "completed": item.completed,
         "interval_s": item.interval_s,
+        **{name: getattr(item, name) for name in ("cpu", "memory") if item.HasField(name)},
     }
     for name, value in figures.items():
         if not math.isfinite(value) or value < 0:
@@ -182,4 +190,6 @@ def _from_message(item: metrics_pb2.VersionTraffic) -> VersionTraffic:
         item.completed,
         item.interval_s,
         dict(item.extra),
+        item.cpu if item.HasField("cpu") else None,
+        item.memory if item.HasField("memory") else None,
     )

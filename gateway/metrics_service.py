@@ -77,10 +77,23 @@ class _Totals:
             interval = now - self.since if self.since is not None else (item.interval_s if item is not None else 0.0)
             area = self.area.get(key, 0.0)
             concurrency = area / interval if interval > 0 else float(in_flight + queued)
-            extra = dict(item.extra) if item is not None else {}
-            result.append(
-                VersionTraffic(key, concurrency, in_flight, queued, self.completed.get(key, 0), interval, extra)
-            )
+            completed = self.completed.get(key, 0)
+            if item is None:
+                result.append(VersionTraffic(key, concurrency, in_flight, queued, completed, interval))
+            else:
+                result.append(
+                    VersionTraffic(
+                        key,
+                        concurrency,
+                        in_flight,
+                        queued,
+                        completed,
+                        interval,
+                        dict(item.extra),
+                        item.cpu,
+                        item.memory,
+                    )
+                )
         self.area.clear()
         self.completed.clear()
         self.since = self.read_at = now
@@ -149,6 +162,8 @@ def _to_message(traffic: VersionTraffic) -> metrics_pb2.VersionTraffic:
         completed=traffic.completed,
         interval_s=traffic.interval_s,
         extra=traffic.extra,
+        cpu=traffic.cpu,
+        memory=traffic.memory,
     )
 
 

@@ -19,7 +19,7 @@ class CollectResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionTraffic, _Mapping]]] = ...) -> None: ...
 
 class VersionTraffic(_message.Message):
-    __slots__ = ("function", "version", "concurrency", "in_flight", "queued", "completed", "interval_s", "extra")
+    __slots__ = ("function", "version", "concurrency", "in_flight", "queued", "completed", "interval_s", "extra", "cpu", "memory")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class VersionTraffic(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     function: str
     version: str
     concurrency: float
@@ -43,4 +45,6 @@ class VersionTraffic(_message.Message):
     completed: int
     interval_s: float
     extra: _containers.ScalarMap[str, float]
-    def __init__(self, function: _Optional[str] = ..., version: _Optional[str] = ..., concurrency: _Optional[float] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., completed: _Optional[int] = ..., interval_s: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    cpu: float
+    memory: float
+    def __init__(self, function: _Optional[str] = ..., version: _Optional[str] = ..., concurrency: _Optional[float] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., completed: _Optional[int] = ..., interval_s: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ..., cpu: _Optional[float] = ..., memory: _Optional[float] = ...) -> None: ...
