@@ -1,14 +1,32 @@
 """The scaling decision for one version: how many instances, and why.
 
 Pure: no I/O, no clock reads, no asyncio. `autoscaler/loop.py` feeds it one `Observation` per tick (and on a
-poke from the activator) with the state the previous decision returned, and applies the result.
+poke from the activator) with the state the previous decision returned, and applies the result. `now` is epoch
+seconds (schedules need wall time); only differences of it matter otherwise.
 
-    wanted  = ceil(observed / (target_concurrency * utilization))    e.g. 7 in flight / (10 * 0.7) -> 1
-    desired = max(wanted seen within scale_down_delay)             up at once, down late (Knative's delay)
-    zero    only after scale_to_zero_grace with nothing in flight, queued or completed, and only if min == 0
+Demand, per metric (`autoscaler/spec.py`), over a stable window (60 s) and a panic window (6 s) of 1 s buckets:
 
-`observed` is the larger of the interval's time-weighted concurrency and the in-flight plus queued requests at
-its end, so a burst that arrives late in a tick scales at once instead of a tick later.
+    wanted(metric) = ceil(observed / (target * utilization))      e.g. 14.5 in flight / (10 * 0.7) -> 3
+
+for time-weighted concurrency, QPS, CPU and memory (those with a target), plus two that need no window: the
+in-flight and queued requests at the end of the tick (a burst late in a tick scales at once) and, with
+`prediction`, the panic window's trend line projected over `start_latency_s` plus one tick (a steady ramp is met
+before it overloads). The largest wins and names the metric.
+
+Modes, after Knative's KPA:
+
+- **panic** when the panic window's demand reaches `panic_threshold` x the current capacity (ready instances x
+  target x utilization). In panic the count only grows. Panic ends when the condition has not held for a whole
+  stable window (Knative's rule) *or* the stable window has caught up with the panic count (better: the stable
+  window alone would keep every instance, so leaving panic gives nothing away, and the delay still applies).
+- **stable** otherwise: scale up at once; scale down only to the highest recommendation within
+  `scale_down_delay_s`, by at most `max_scale_down_rate` per decision.
+
+Then, in order: rate limits; the idle rule (no in-flight, queued or completed work for `scale_to_zero_grace_s`
+means zero, and before that an idle version keeps one instance); `activation_scale` whenever not at zero; `min`
+raised by the open schedules; `max`. The first decision for a version that has instances (an autoscaler restart)
+counts them as a recommendation made now and keeps them for a panic window of fresh metrics: no flapping. The
+first decision for a version with none (a deploy) starts `initial_scale`.
 """
 
 from __future__ import annotations
@@ -18,7 +36,11 @@ from dataclasses import KW_ONLY, dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from autoscaler.schedules import minimum_at
+from autoscaler.spec import Demand, Metric, Want, recorded
+
 if TYPE_CHECKING:
+    from autoscaler.windows import Window
     from nest.contracts.model import ScalingSpec
 
 
@@ -51,25 +73,22 @@ class Mode(StrEnum):
     PANIC = "panic"
 
 
-class Metric(StrEnum):
-    """What drove a decision: a demand metric, or NONE when only bounds and idleness did."""
-
-    CONCURRENCY = "concurrency"
-    QPS = "qps"
-    CPU = "cpu"
-    MEMORY = "memory"
-    QUEUE = "queue"
-    TREND = "trend"
-    NONE = "none"
-
-
 @dataclass(frozen=True, slots=True)
 class ScalerState:
     recommendations: tuple[tuple[float, int], ...] = ()
     """(time, wanted) within the scale-down delay window, oldest first."""
     last_active: float | None = None
-    """Last time anything was in flight, queued or completed; None before the first observation."""
+    """Last time anything was in flight, queued or completed; None before any."""
     started: bool = False
+    windows: tuple[tuple[Metric, Window], ...] = ()
+    """One window per windowed metric, keeping the longer of the stable and panic windows."""
+    panic_last: float | None = None
+    """When the panic condition last held, while in panic; None in stable mode."""
+    panic_held: int = 0
+    """The highest count decided during this panic."""
+    restarted_at: float | None = None
+    restarted_with: int = 0
+    """Instances found by the first decision (an autoscaler restart): kept until metrics are fresh."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,59 +101,146 @@ class Decision:
 
 
 def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float) -> Decision:
-    """Desired instances for one version at `now` (monotonic seconds), with the reason."""
-    if not state.started:
-        # After a restart, the instances that exist count as a recommendation made now: nothing scales down
-        # before a full delay window of fresh metrics (no flapping), and the idle grace starts now.
-        state = ScalerState(((now, seen.current),), now if seen.current else None, started=True)
+    """Desired instances for one version at `now` (epoch seconds), with the mode, the metric and the reason."""
+    state, opening, opening_count = _begin(spec, state, seen, now)
     active = bool(seen.in_flight or seen.queued or seen.completed or seen.poked)
-    last_active = now if active else state.last_active
-    per_instance = spec.target_concurrency * spec.utilization
-    observed = max(seen.concurrency, float(seen.in_flight + seen.queued))
-    wanted = math.ceil(observed / per_instance - 1e-9) if observed > 0 else 0
-    waking = seen.current == 0 and (seen.queued > 0 or seen.poked)
-    if waking:
-        wanted = max(wanted, 1)
+    windows = recorded(spec, state.windows, _values(seen), now=now, interval_s=seen.interval_s)
+    state = replace(state, windows=windows, last_active=now if active else state.last_active)
+    tick_s = seen.interval_s if seen.interval_s > 0 else 1.0
+    found = Demand.of(spec, windows, in_flight=seen.in_flight, queued=seen.queued, now=now, tick_s=tick_s)
+    stable = found.stable(spec)
+    trigger = found.panic_trigger(spec, max(1, seen.ready if seen.ready is not None else seen.current))
+    mode, state, note = _mode(spec, state, trigger=trigger, stable=stable, current=seen.current, now=now)
+    want = max(found.panicking(spec), stable, key=lambda item: item.count) if mode is Mode.PANIC else stable
+    if seen.poked and want.count == 0:
+        want = Want(1, Metric.QUEUE, "a request waits for an instance → 1")
+    idle_s = now - state.last_active if state.last_active is not None else math.inf
+    if mode is Mode.STABLE and idle_s >= spec.scale_to_zero_grace_s:
+        want = Want(0, Metric.NONE, f"idle {idle_s:.0f} s")
+    if mode is Mode.PANIC:
+        desired = max(want.count, state.panic_held, seen.current)
+        state = replace(state, panic_held=desired)
+        why = f"{note} → {desired}" if note else f"panic: holds {desired}, no scale-down while panicking"
+        why = why if want.count >= desired else f"{why} ({want.detail})"
+    else:
+        desired, why, state = _delay(spec, state, want, now=now)
+    desired, why = _rates(spec, desired, why or want.detail, current=seen.current)
+    desired, why = _idle(spec, desired, why, current=seen.current, idle_s=idle_s)
+    desired, why = _restarted(spec, state, desired, why, now=now)
+    desired, why = _bounds(spec, desired, why, now=now)
+    if why == want.detail:
+        verb = "up" if desired > seen.current else "down" if desired < seen.current else "steady"
+        why = f"{verb}: {why}"
+    if opening and desired == opening_count and want.count < opening_count:
+        why = opening
+    if seen.current == 0 and desired > 0 and active:
+        why = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances → {desired} ({want.detail})"
+    if note and mode is Mode.STABLE:
+        why = f"{note}; {why}"
+    metric = want.metric if want.count > 0 else Metric.NONE
+    return Decision(desired=desired, mode=mode, metric=metric, reason=why, state=state)
+
+
+def _values(seen: Observation) -> dict[Metric, float | None]:
+    qps = seen.qps
+    if qps is None and seen.interval_s > 0:
+        qps = seen.completed / seen.interval_s
+    return {Metric.CONCURRENCY: seen.concurrency, Metric.QPS: qps, Metric.CPU: seen.cpu, Metric.MEMORY: seen.memory}
+
+
+def _begin(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float) -> tuple[ScalerState, str, int]:
+    """The state of a first decision: found instances (a restart) or `initial_scale` (a deploy) count as wanted."""
+    if state.started:
+        return state, "", 0
+    if seen.current > 0:
+        kept = ScalerState(((now, seen.current),), now, True, restarted_at=now, restarted_with=seen.current)
+        return kept, f"restart: keeps the {seen.current} instance(s) found until metrics are fresh", seen.current
+    initial = min(spec.initial_scale, spec.max)
+    if initial <= 0:
+        return ScalerState(started=True), "", 0
+    return ScalerState(((now, initial),), now, True), f"initial: initial_scale {initial} on a first deploy", initial
+
+
+def _mode(
+    spec: ScalingSpec, state: ScalerState, *, trigger: str, stable: Want, current: int, now: float
+) -> tuple[Mode, ScalerState, str]:
+    """Enter panic on the trigger; leave after a quiet stable window, or once the stable window has caught up."""
+    if trigger:
+        panic_held = state.panic_held if state.panic_last is not None else current
+        return Mode.PANIC, replace(state, panic_last=now, panic_held=panic_held), trigger
+    if state.panic_last is None:
+        return Mode.STABLE, state, ""
+    quiet_s = now - state.panic_last
+    if quiet_s >= spec.stable_window_s:
+        note = f"panic over: no panic condition for {quiet_s:.0f} s ≥ stable window {spec.stable_window_s:g} s"
+    elif stable.count >= state.panic_held:
+        note = f"panic over: the stable window wants {stable.count} ≥ {state.panic_held} held in panic"
+    else:
+        return Mode.PANIC, state, ""
+    # What panic held stays a recommendation made now: the scale-down delay still applies to it.
+    recommendations = (*state.recommendations, (now, state.panic_held))
+    return Mode.STABLE, replace(state, panic_last=None, panic_held=0, recommendations=recommendations), note
+
+
+def _delay(spec: ScalingSpec, state: ScalerState, want: Want, *, now: float) -> tuple[int, str, ScalerState]:
+    """Up at once; down only to the highest recommendation within `scale_down_delay_s` ("" = the metric's count)."""
     horizon = now - spec.scale_down_delay_s
     kept = tuple(item for item in state.recommendations if item[0] > horizon)
-    recommendations = (*kept, (now, wanted))
+    recommendations = (*kept, (now, want.count))
     held = max(count for _, count in recommendations)
-    next_state = replace(state, recommendations=recommendations, last_active=last_active)
-    desired, reason = _explain(spec, seen, now, wanted=wanted, held=held, observed=observed, last_active=last_active)
-    if waking and desired >= 1:
-        reason = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances → {desired}"
-    return Decision(desired, Mode.STABLE, Metric.CONCURRENCY, reason, next_state)
+    state = replace(state, recommendations=recommendations)
+    if held > want.count:
+        delay = f"{spec.scale_down_delay_s:g} s"
+        return held, f"hold: scale_down_delay {delay} keeps {held}, the highest seen (now {want.detail})", state
+    return held, "", state
 
 
-def _explain(
-    spec: ScalingSpec,
-    seen: Observation,
-    now: float,
-    *,
-    wanted: int,
-    held: int,
-    observed: float,
-    last_active: float | None,
-) -> tuple[int, str]:
-    formula = f"concurrency {observed:.1f} / ({spec.target_concurrency:g} × {spec.utilization:g})"
-    if held == 0:
-        idle_s = now - last_active if last_active is not None else math.inf
-        if spec.min > 0:
-            return spec.min, f"min: {spec.min} reserved (idle)"
-        if seen.current > 0 and idle_s < spec.scale_to_zero_grace_s:
-            return 1, f"grace: idle {idle_s:.0f}s < scale_to_zero_grace {spec.scale_to_zero_grace_s:g}s keeps 1"
-        if seen.current > 0:
-            return 0, f"zero: idle {idle_s:.0f}s ≥ scale_to_zero_grace {spec.scale_to_zero_grace_s:g}s"
+def _rates(spec: ScalingSpec, desired: int, why: str, *, current: int) -> tuple[int, str]:
+    base = max(current, 1)
+    up_to = math.ceil(spec.max_scale_up_rate * base - 1e-9)
+    if desired > up_to:
+        return up_to, f"rate: max_scale_up_rate {spec.max_scale_up_rate:g} × {base} allows {up_to} ({why})"
+    down_to = math.floor(current / spec.max_scale_down_rate + 1e-9) if spec.max_scale_down_rate > 0 else current
+    if desired < down_to:
+        rate = spec.max_scale_down_rate
+        return down_to, f"rate: max_scale_down_rate {rate:g} keeps {down_to} of {current} ({why})"
+    return desired, why
+
+
+def _idle(spec: ScalingSpec, desired: int, why: str, *, current: int, idle_s: float) -> tuple[int, str]:
+    """At no demand: no instances stays none; before the grace one stays; after it, zero."""
+    if desired > 0:
+        return desired, why
+    if current == 0:
         return 0, "idle: no traffic, no instances"
-    desired = min(max(held, spec.min), spec.max)
-    if desired == spec.max and held > spec.max:
-        return desired, f"max: {formula} → {held}, capped at max {spec.max}"
-    if desired == spec.min and held < spec.min:
-        return desired, f"min: {spec.min} reserved ({formula} → {held})"
-    if held > wanted:
-        return desired, f"hold: scale_down_delay {spec.scale_down_delay_s:g}s keeps {held} (max seen; now {wanted})"
-    if desired > seen.current:
-        return desired, f"up: {formula} → {desired}"
-    if desired < seen.current:
-        return desired, f"down: {formula} → {desired}"
-    return desired, f"steady: {formula} → {desired}"
+    grace = f"scale_to_zero_grace {spec.scale_to_zero_grace_s:g} s"
+    if idle_s < spec.scale_to_zero_grace_s:
+        return 1, f"grace: idle {idle_s:.0f} s < {grace} keeps 1"
+    return 0, f"zero: idle {idle_s:.0f} s ≥ {grace}" if idle_s < math.inf else f"zero: never active, {grace}"
+
+
+def _restarted(spec: ScalingSpec, state: ScalerState, desired: int, why: str, *, now: float) -> tuple[int, str]:
+    """For a panic window after a restart, keep the instances found: no scale-down on a metric or two."""
+    if state.restarted_at is None or desired >= state.restarted_with:
+        return desired, why
+    age = now - state.restarted_at
+    if age >= spec.panic_window_s:
+        return desired, why
+    window = f"{spec.panic_window_s:g} s"
+    return state.restarted_with, f"restart: {age:.0f} s of metrics < {window} keeps {state.restarted_with} ({why})"
+
+
+def _bounds(spec: ScalingSpec, desired: int, why: str, *, now: float) -> tuple[int, str]:
+    """`activation_scale` when not at zero, `min` raised by open schedules, then `max`."""
+    if 0 < desired < spec.activation_scale:
+        desired, why = spec.activation_scale, f"activation: activation_scale {spec.activation_scale} ({why})"
+    scheduled = minimum_at(spec.schedules, now) if spec.schedules else 0
+    floor = max(spec.min, scheduled)
+    if desired < floor:
+        if scheduled > spec.min:
+            desired, why = scheduled, f"schedule: min {scheduled} while a scheduled window is open ({why})"
+        else:
+            desired, why = spec.min, f"min: {spec.min} reserved ({why})"
+    if desired > spec.max:
+        return spec.max, f"max: capped at max {spec.max} ({why})"
+    return desired, why

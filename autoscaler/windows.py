@@ -1,0 +1,93 @@
+"""Sliding windows over 1 s buckets: averages and a trend line, from values that cover intervals of time.
+
+Pure: no I/O, no clock reads. Each `record` says "the mean was `value` over the `interval_s` seconds ending at
+`now`" and spreads it over the 1 s buckets it covers, weighted by how much of each second it covers (a 2.5 s
+interval after a slow tick fills two whole buckets and half of a third). A window of length L at `now` is every
+bucket that starts within `(now - L - 1, now]`, so it spans L seconds give or take the partial edges.
+
+Three cases are explicit:
+
+- **Observed zero.** A tick that saw no traffic records `0.0` over its interval: those seconds are known and count
+  as zero (an idle second pulls the average down, as it should).
+- **Gaps.** Seconds nobody recorded (the metrics source failed, the autoscaler was not running) are *unknown*, not
+  zero: averages are taken over covered time only. Guessing zero would scale down on a broken metrics path; a
+  gateway's counters accumulate across a failed collect anyway, so the next interval covers the gap with the
+  true mean.
+- **First samples.** A window younger than its length averages over what it has (Knative does the same); with
+  nothing at all, `average` returns None and the caller says "no data".
+
+A clock that steps backwards drops the buckets from its future.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Bucket = tuple[int, float, float]
+"""(second, sum of value x covered seconds, covered seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Buckets within the last `keep_s` seconds, oldest first. Immutable: `record` returns a new one."""
+
+    buckets: tuple[Bucket, ...] = ()
+
+
+def record(window: Window, value: float, *, now: float, interval_s: float, keep_s: float) -> Window:
+    """`window` with `value` spread over `(now - interval_s, now]`; buckets older than `keep_s` dropped.
+
+    A zero-length interval (a point observation, e.g. a poke) records nothing: it covers no time.
+    """
+    oldest = math.floor(now - keep_s) - 1
+    start = max(now - max(interval_s, 0.0), float(oldest))
+    merged: dict[int, tuple[float, float]] = {
+        second: (total, covered) for second, total, covered in window.buckets if oldest <= second <= now
+    }
+    second = math.floor(start)
+    while second < now:
+        covered = min(now, second + 1.0) - max(start, float(second))
+        if covered > 0:
+            total, had = merged.get(second, (0.0, 0.0))
+            merged[second] = (total + value * covered, had + covered)
+        second += 1
+    return Window(tuple((second, *merged[second]) for second in sorted(merged)))
+
+
+def _within(window: Window, *, now: float, length_s: float) -> list[Bucket]:
+    cutoff = now - length_s - 1.0
+    return [bucket for bucket in window.buckets if cutoff < bucket[0] <= now]
+
+
+def average(window: Window, *, now: float, length_s: float) -> float | None:
+    """Time-weighted mean over the covered seconds of the last `length_s`; None if none is covered."""
+    buckets = _within(window, now=now, length_s=length_s)
+    covered = sum(bucket[2] for bucket in buckets)
+    if covered <= 0:
+        return None
+    return sum(bucket[1] for bucket in buckets) / covered
+
+
+def covered_s(window: Window, *, now: float, length_s: float) -> float:
+    """How many seconds of the last `length_s` have a value."""
+    return sum(bucket[2] for bucket in _within(window, now=now, length_s=length_s))
+
+
+def projected(window: Window, *, now: float, length_s: float, ahead_s: float, min_points: int = 3) -> float | None:
+    """The least-squares line through the last `length_s` of buckets, evaluated at `now + ahead_s`.
+
+    Each bucket is a point at its middle, weighted by its covered time. None with fewer than `min_points`
+    buckets (no trend from one or two seconds).
+    """
+    buckets = [bucket for bucket in _within(window, now=now, length_s=length_s) if bucket[2] > 0]
+    if len(buckets) < min_points:
+        return None
+    weight = sum(covered for _, _, covered in buckets)
+    mean_x = sum((second + 0.5) * covered for second, _, covered in buckets) / weight
+    mean_y = sum(total for _, total, _ in buckets) / weight
+    spread = sum(covered * (second + 0.5 - mean_x) ** 2 for second, _, covered in buckets)
+    if spread <= 0:
+        return mean_y
+    slope = sum((second + 0.5 - mean_x) * (total - covered * mean_y) for second, total, covered in buckets) / spread
+    return mean_y + slope * (now + ahead_s - mean_x)
