@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from controller.backends.base import InstanceSpec
+from controller.codestore.chunkstore import ChunkStore
 from controller.codestore.packages import code_dir_for, unpack_package
 from controller.logs import read_logs
 from controller.store.sqlite import VersionRecord
+from nest.contracts.chunks import BUNDLE_MAGIC, PackageLimits
 from nest.contracts.errors import InvalidInput, NotFound
 from nest.contracts.ids import FunctionName, InstanceId, VersionId
 from nest.contracts.manifest import Manifest, parse_manifest, validate_name
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
+    from controller.codestore.chunkstore import StoredPackage
+    from controller.codestore.packages import Package
     from controller.fleet import Fleet
     from controller.ports import RoutePublisher
     from controller.store.sqlite import SqliteStore
@@ -44,6 +48,8 @@ class ServiceConfig:
     max_unpacked_bytes: int = 512 * 1024**2
     pools: frozenset[str] = frozenset({"default", "none"})
     """Pools a function may name; a deploy naming another is refused (the pool would not exist)."""
+    chunk_root: Path | None = None
+    """Where chunked packages are kept (`codestore/chunkstore.py`); default `<code_root>/../chunks`."""
 
 
 def version_of(code_digest: str, manifest: Manifest) -> VersionId:
@@ -64,7 +70,7 @@ def route_of(key: VersionKey, manifest: Manifest) -> Route:
     )
 
 
-def template_of(key: VersionKey, manifest: Manifest, code_dir: Path) -> InstanceSpec:
+def template_of(key: VersionKey, manifest: Manifest, code_dir: Path, *, package: str = "") -> InstanceSpec:
     return InstanceSpec(
         instance_id=InstanceId(""),
         key=key,
@@ -77,6 +83,7 @@ def template_of(key: VersionKey, manifest: Manifest, code_dir: Path) -> Instance
         concurrency=manifest.concurrency,
         debug=manifest.debug,
         pool=manifest.pool,
+        package=package,
     )
 
 
@@ -99,6 +106,10 @@ class FunctionService:
         self._clock = clock
         self._live: dict[str, tuple[VersionKey, Manifest]] = {}
         self._lock = asyncio.Lock()
+        self.chunks = ChunkStore(
+            config.chunk_root or config.code_root.parent / "chunks",
+            limits=PackageLimits(max_unpacked_bytes=config.max_unpacked_bytes),
+        )
 
     def url_of(self, name: str) -> str:
         return f"{self._config.public_url}/function/{name}"
@@ -114,7 +125,8 @@ class FunctionService:
     def _go_live(self, key: VersionKey, manifest: Manifest, record: VersionRecord) -> None:
         previous = self._live.get(key.function)
         code_dir = code_dir_for(self._config.code_root, record.code_digest)
-        self._fleet.register(template_of(key, manifest, code_dir), manifest.scaling_spec())
+        package = record.code_digest if self.chunks.has_manifest(record.code_digest) else ""
+        self._fleet.register(template_of(key, manifest, code_dir, package=package), manifest.scaling_spec())
         self._publisher.set_route(route_of(key, manifest))
         self._live[key.function] = (key, manifest)
         if previous is not None and previous[0] != key:
@@ -122,12 +134,18 @@ class FunctionService:
 
     async def deploy(self, name: str, archive: bytes) -> dict[str, Any]:
         validate_name(name)
-        package = await asyncio.to_thread(
-            unpack_package,
-            archive,
-            target_root=self._config.code_root,
-            max_unpacked_bytes=self._config.max_unpacked_bytes,
-        )
+        summary: dict[str, Any] = {}
+        if archive.startswith(BUNDLE_MAGIC):
+            stored = await asyncio.to_thread(self.chunks.intake, archive)
+            package: StoredPackage | Package = stored
+            summary = {"package": stored.summary()}
+        else:  # a gzip tar from an older `nest deploy`: unpacked here, once
+            package = await asyncio.to_thread(
+                unpack_package,
+                archive,
+                target_root=self._config.code_root,
+                max_unpacked_bytes=self._config.max_unpacked_bytes,
+            )
         manifest = parse_manifest(package.manifest_text)
         if manifest.name != name:
             raise InvalidInput("name", f"nest.yaml names the function {manifest.name!r} but it is deployed as {name!r}")
@@ -143,7 +161,7 @@ class FunctionService:
             live = self._live.get(name)
             previous = live[0].version if live is not None else None
             if previous == key.version:
-                return {"name": name, "version": key.version, "url": self.url_of(name), "created": False}
+                return {"name": name, "version": key.version, "url": self.url_of(name), "created": False, **summary}
             record = VersionRecord(
                 function=name,
                 version=key.version,
@@ -159,7 +177,12 @@ class FunctionService:
             "url": self.url_of(name),
             "created": True,
             "previous_version": previous,
+            **summary,
         }
+
+    def code_file(self, kind: str, digest: str) -> Path:
+        """The stored manifest or chunk with this digest (`kind`: manifests | chunks); `NotFound` otherwise."""
+        return self.chunks.path_of(kind, digest)
 
     async def list_functions(self) -> list[dict[str, Any]]:
         result = []

@@ -1,4 +1,4 @@
-"""The control API, `/api/v1/...`: deploy, list, describe, delete functions and read their logs.
+"""The control API, `/api/v1/...`: deploy, list, describe, delete functions, read their logs, fetch code packages.
 
 Thin Starlette endpoints over the `ControlPlane` port: parse and bound the input, call, answer JSON. Errors are
 `NestError`s, mapped to status and body by `gateway/errors.py` through one exception handler in `gateway/app.py`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
@@ -43,6 +43,7 @@ class ControlApi:
             Route("/api/v1/functions/{name}", self.describe, methods=["GET"]),
             Route("/api/v1/functions/{name}", self.delete, methods=["DELETE"]),
             Route("/api/v1/functions/{name}/logs", self.logs, methods=["GET"]),
+            Route("/api/v1/code/{kind:str}/{digest:str}", self.code, methods=["GET", "HEAD"]),
             Route("/api/v1/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
         ]
 
@@ -103,6 +104,22 @@ class ControlApi:
         await self.control.describe(name)  # 404 before the stream starts
         lines = self.control.logs(name, tail=tail, follow=follow)
         return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    async def code(self, request: Request) -> Response:
+        """
+        summary: A stored code-package object by digest, for instances to fetch (range requests allowed).
+        description: kind is `manifests` (canonical JSON; its sha256 is the digest) or `chunks` (one compressed
+          frame; its sha256 is the digest). Immutable, so cacheable forever.
+        responses:
+          200: {description: "the bytes"}
+          206: {description: "the requested range"}
+          404: {description: "no such object"}
+        """
+        kind = request.path_params["kind"]
+        path = self.control.code_file(kind, request.path_params["digest"])
+        media_type = "application/json" if kind == "manifests" else "application/octet-stream"
+        headers = {"cache-control": "public, max-age=31536000, immutable"}
+        return FileResponse(path, media_type=media_type, headers=headers)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(SCHEMAS.get_schema(self.routes()))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from nest.contracts.model import VersionKey
 
@@ -34,4 +35,8 @@ class ControlPlane(Protocol):
 
     def logs(self, name: str, *, tail: int, follow: bool) -> AsyncIterator[bytes]:
         """NDJSON lines of the function's logs (the last `tail`), then new ones as they come if `follow`."""
+        ...
+
+    def code_file(self, kind: str, digest: str) -> Path:
+        """A stored code-package object (`kind`: manifests | chunks) by digest; raises `NotFound`."""
         ...

@@ -24,6 +24,10 @@ class RuntimeConfig:
     """Cap the address space (False when the backend put the instance in a memory cgroup instead)."""
     tcp_port: int = 0
     """Also listen on 127.0.0.1:PORT (benchmarks measure an instance directly with it); 0 means no."""
+    package: str = ""
+    """Digest of the chunked code package to materialise at `code_dir` first (`runtime/unpack.py`), if set."""
+    code_url: str = ""
+    """The code store to fetch it from, e.g. http://127.0.0.1:8080/api/v1/code."""
 
 
 def parse_args(argv: list[str] | None = None) -> RuntimeConfig:
@@ -41,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> RuntimeConfig:
     parser.add_argument("--status-fd", type=int, default=-1)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--tcp-port", type=int, default=0)
+    parser.add_argument("--package", default="", help="code package digest; fetched into --code-dir if absent")
+    parser.add_argument("--code-url", default="", help="code store base URL for --package")
     parser.add_argument("--no-memory-rlimit", action="store_true", help="memory is capped by a cgroup")
     args = parser.parse_args(argv)
     return RuntimeConfig(
@@ -58,4 +64,6 @@ def parse_args(argv: list[str] | None = None) -> RuntimeConfig:
         debug=args.debug,
         tcp_port=args.tcp_port,
         memory_rlimit=not args.no_memory_rlimit,
+        package=args.package,
+        code_url=args.code_url,
     )

@@ -35,6 +35,9 @@ class InstanceSpec:
     debug: bool = False
     pool: str = "default"
     """The warm pool to fork from, or `none` for a fresh interpreter."""
+    package: str = ""
+    """The chunked package's digest (`nest/contracts/chunks.py`): the instance fetches and unpacks it into the
+    node's code cache unless it is there already, and `code_dir` is ignored. Empty for a tree unpacked at deploy."""
 
 
 class EventKind(StrEnum):

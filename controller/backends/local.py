@@ -64,6 +64,10 @@ class LocalBackendConfig:
     """Base URL of the code store (`http://host:port/api/v1/code`) that instances fetch packages from."""
     code_cache: Path | None = None
     """The node's unpacked-package cache; default `<run_dir>/../cache`."""
+    code_url: str = ""
+    """Base URL of the code store (`http://host:port/api/v1/code`) that instances fetch packages from."""
+    code_cache: Path | None = None
+    """The node's unpacked-package cache; default `<run_dir>/../cache`."""
     use_cgroups: bool = True
     warm_pool: bool = True
     """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
@@ -182,6 +186,15 @@ class LocalBackend:
             if path.stat().st_size > LOG_ROTATE_BYTES:
                 path.replace(path.with_suffix(".log.1"))
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _code_arguments(self, spec: InstanceSpec) -> list[str]:
+        """Where the code is: a chunked package lands in the node cache, `<cache>/<xx>/<digest>` (`runtime/fetch.py`
+        fetches and unpacks it there on the first start of the version on this node, later starts find it)."""
+        if not spec.package:
+            return ["--code-dir", str(spec.code_dir)]
+        cache = self._config.code_cache or self._config.run_dir.parent / "cache"
+        code_dir = cache / spec.package[:2] / spec.package
+        return ["--code-dir", str(code_dir), "--package", spec.package, "--code-url", self._config.code_url]
 
     def _code_arguments(self, spec: InstanceSpec) -> list[str]:
         """Where the code is: a chunked package lands in the node cache, `<cache>/<xx>/<digest>` (`runtime/fetch.py`
@@ -317,7 +330,7 @@ class LocalBackend:
                 spec.key,
                 entry.socket_path,
                 spec.concurrency,
-                start_phases=_phases(entry, line, claimed=claimed),
+                start_phases=_with_code_phases(_phases(entry, line, claimed=claimed), line),
             )
             self._emit(InstanceEvent(EventKind.READY, spec.instance_id, spec.key, address=address))
         elif not entry.stop_requested:
@@ -446,6 +459,20 @@ def _phases(entry: _Process, ready: dict[str, object], *, claimed: bool) -> tupl
         boot_ms = max(0.0, total_ms - init_ms - fork_ms)
         return (("fork", round(fork_ms, 2)), ("boot", round(boot_ms, 2)), ("init", round(init_ms, 2)))
     return (("spawn", round(max(0.0, total_ms - init_ms), 2)), ("init", round(init_ms, 2)))
+
+
+def _with_code_phases(phases: tuple[tuple[str, float], ...], ready: dict[str, object]) -> tuple[tuple[str, float], ...]:
+    """Split the runtime's `init` into `fetch` and `unpack` of the code package (when this start did them; a start
+    that found the package in the node cache reports neither) and the rest of `init`."""
+    code = [(name, float(str(ready.get(f"{name}_ms", 0.0)))) for name in ("fetch", "unpack")]
+    code = [(name, round(ms, 2)) for name, ms in code if ms > 0]
+    if not code:
+        return phases
+    spent = sum(ms for _, ms in code)
+    result: list[tuple[str, float]] = []
+    for name, ms in phases:
+        result += [*code, (name, round(max(0.0, ms - spent), 2))] if name == "init" else [(name, ms)]
+    return tuple(result)
 
 
 async def _next_line(reader: asyncio.StreamReader) -> dict[str, object] | None:

@@ -61,6 +61,8 @@ DIGEST = re.compile(r"^[0-9a-f]{64}$")
 class Codec(StrEnum):
     ZSTD = "zstd"
     LZ4 = "lz4"
+    NONE = "none"
+    """Stored as is: for contents that are compressed already (and the serial baseline of bench_code_fetch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +164,17 @@ def layout(files: list[tuple[str, int]]) -> tuple[list[tuple[int, int]], list[in
 def compress(codec: Codec, raw: bytes) -> bytes:
     if codec is Codec.ZSTD:
         return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(raw)
+    if codec is Codec.NONE:
+        return raw
     return bytes(lz4.frame.compress(raw, compression_level=LZ4_LEVEL, store_size=True, content_checksum=False))
 
 
 def decompress(codec: Codec, data: bytes, raw_size: int) -> bytes:
     """One chunk's raw bytes; never more than `raw_size` (the bomb guard), else `InvalidInput`."""
     try:
-        if codec is Codec.ZSTD:
+        if codec is Codec.NONE:
+            raw = data
+        elif codec is Codec.ZSTD:
             declared = zstandard.frame_content_size(data)
             if declared != raw_size:
                 raise InvalidInput("package", f"a {codec} chunk declares {declared} bytes, the manifest {raw_size}")
@@ -199,7 +205,7 @@ def parse_manifest(data: bytes, *, limits: PackageLimits | None = None) -> Packa
     try:
         codec = Codec(str(document.get("codec")))
     except ValueError:
-        raise InvalidInput("package.codec", f"{document.get('codec')!r} is not one of zstd, lz4") from None
+        raise InvalidInput("package.codec", f"{document.get('codec')!r} is not one of zstd, lz4, none") from None
     chunks = tuple(_chunk(index, raw) for index, raw in enumerate(_list(document, "chunks")))
     files = tuple(_file(index, raw) for index, raw in enumerate(_list(document, "files")))
     links = tuple(_link(index, raw) for index, raw in enumerate(_list(document, "links")))

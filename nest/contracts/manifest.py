@@ -153,7 +153,9 @@ class Scaling(_Strict):
 class Package(_Strict):
     """`package:` how `nest deploy` builds the code package (see nest/contracts/chunks.py)."""
 
-    codec: Literal["zstd", "lz4"] = Field("zstd", description="Chunk compression: zstd (smaller) or lz4 (faster).")
+    codec: Literal["zstd", "lz4", "none"] = Field(
+        "zstd", description="Chunk compression: zstd (smaller), lz4 (faster) or none (already compressed data)."
+    )
 
 
 class Http(_Strict):

@@ -161,6 +161,11 @@ async def run(config: EmbeddedConfig) -> None:
         logger.info("state closed")
 
 
+def _local_host(host: str) -> str:
+    """Where processes on this machine reach the gateway (instances fetch code packages from it)."""
+    return "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+
+
 def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry: CollectorRegistry) -> LocalBackend:
     """Instances as child processes, warm pools included: the fleet replaces what their zygotes made stale."""
     local = LocalBackend(
@@ -169,6 +174,8 @@ def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry
             log_dir=data_dir / "logs",
             health_interval_s=config.health_interval_s,
             pools=dict(config.pools),
+            code_url=f"http://{_local_host(config.host)}:{config.port}/api/v1/code",
+            code_cache=data_dir / "cache",
         ),
         fleet.on_event,
     )

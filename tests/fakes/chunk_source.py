@@ -1,0 +1,35 @@
+"""`FakeChunkSource`: a package's manifest and chunks from memory (the runtime's `ChunkSource` port), counting
+what was asked for; `delay_s` holds each manifest request so that two starters overlap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nest.contracts.chunks import ChunkRef, PackageManifest
+
+
+class FakeChunkSource:
+    def __init__(self, manifest: PackageManifest, chunks: list[bytes], *, delay_s: float = 0.0) -> None:
+        self._manifest = manifest
+        self._chunks = {ref.digest: data for ref, data in zip(manifest.chunks, chunks, strict=True)}
+        self._delay_s = delay_s
+        self._lock = threading.Lock()
+        self.manifest_requests = 0
+        self.chunk_requests: list[str] = []
+
+    def manifest(self, digest: str) -> PackageManifest:
+        with self._lock:
+            self.manifest_requests += 1
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        if digest != self._manifest.digest:
+            raise KeyError(digest)
+        return self._manifest
+
+    def chunk(self, ref: ChunkRef) -> bytes:
+        with self._lock:
+            self.chunk_requests.append(ref.digest)
+        return self._chunks[ref.digest]
