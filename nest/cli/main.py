@@ -78,23 +78,43 @@ def up(
         Path | None,
         typer.Option("--pools", help="Warm pools file (YAML: preloads, min/max idle, idle TTL); SIGHUP reloads it"),
     ] = None,
+    metrics_grpc: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-grpc",
+            metavar="HOST:PORT",
+            help="Also serve the gateway's traffic over gRPC (nest.metrics.v1) for remote autoscalers; off by default",
+        ),
+    ] = None,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
 
     directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
     pools = _declared_pools(pools_file, pool or [])
-    serve(
-        EmbeddedConfig(
-            host=host,
-            port=port,
-            data_dir=directory,
-            health_interval_s=health_interval,
-            activation_timeout_s=activation_timeout,
-            pools=pools,
-            pools_file=pools_file.resolve() if pools_file is not None else None,
-        )
+    if metrics_grpc is not None and not _is_listen_address(metrics_grpc):
+        fail(f"--metrics-grpc {metrics_grpc!r}: expected HOST:PORT (e.g. 0.0.0.0:9090) or unix:PATH")
+    config = EmbeddedConfig(
+        host=host,
+        port=port,
+        data_dir=directory,
+        health_interval_s=health_interval,
+        activation_timeout_s=activation_timeout,
+        pools=pools,
+        pools_file=pools_file.resolve() if pools_file is not None else None,
+        metrics_grpc=metrics_grpc,
     )
+    try:
+        serve(config)
+    except InvalidInput as exc:  # e.g. --metrics-grpc on a port already taken
+        fail(str(exc))
+
+
+def _is_listen_address(address: str) -> bool:
+    if address.startswith("unix:"):
+        return len(address) > len("unix:")
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
 
 
 def _declared_pools(pools_file: Path | None, shorthand: list[str]) -> dict[str, PoolSettings]:

@@ -30,6 +30,7 @@ from controller.functions import FunctionService, ServiceConfig
 from controller.pooling import PoolCollector
 from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
+from gateway.metrics_service import MetricsServer, TrafficLedger
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
 from gateway.upstream import UpstreamPool
@@ -60,6 +61,8 @@ class EmbeddedConfig:
     """Operator-declared warm pools (`nest up --pools FILE`, `--pool NAME=mod,mod`); `default` may be tuned."""
     pools_file: Path | None = None
     """Re-read on SIGHUP: changed preloads get a new zygote and their instances are replaced without downtime."""
+    metrics_grpc: str | None = None
+    """`nest up --metrics-grpc HOST:PORT`: also serve the gateway's traffic over gRPC for remote autoscalers."""
 
 
 def _check_ports(
@@ -95,7 +98,8 @@ async def run(config: EmbeddedConfig) -> None:
     fleet = Fleet(table, on_start_phases=observe_start)
     local = local_backend(config, data_dir, fleet, registry)
     backend: Backend = local
-    autoscaler = Autoscaler(table, fleet, tick_s=config.tick_s)
+    metrics, metrics_server = gateway_metrics(config, table)
+    autoscaler = Autoscaler(metrics, fleet, tick_s=config.tick_s)
     table.connect_demand(autoscaler)
     service = FunctionService(
         store,
@@ -137,12 +141,16 @@ async def run(config: EmbeddedConfig) -> None:
         )
     )
     try:
+        if metrics_server is not None:
+            await metrics_server.start()  # a taken port fails `nest up` here, before anything runs
         async with asyncio.TaskGroup() as group:
             background = [
                 group.create_task(backend.run(), name="backend"),
                 group.create_task(fleet.run(), name="fleet"),
                 group.create_task(autoscaler.run(), name="autoscaler"),
             ]
+            if metrics_server is not None:
+                background.append(group.create_task(metrics_server.run(), name="metrics-grpc"))
             await service.load()
             if config.pools_file is not None:
                 watch_pools_file(config.pools_file, local, group)
@@ -164,6 +172,18 @@ async def run(config: EmbeddedConfig) -> None:
 def _local_host(host: str) -> str:
     """Where processes on this machine reach the gateway (instances fetch code packages from it)."""
     return "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+
+
+def gateway_metrics(config: EmbeddedConfig, table: RoutingTable) -> tuple[MetricsSource, MetricsServer | None]:
+    """What the embedded autoscaler reads, and the gRPC metrics server for remote ones (`--metrics-grpc`).
+
+    With gRPC metrics on, a ledger becomes the table's only reader: each collector (this autoscaler, remote ones)
+    gets its own interval instead of resetting the others'. The server stops when its task is cancelled.
+    """
+    if config.metrics_grpc is None:
+        return table, None
+    ledger = TrafficLedger(table)
+    return ledger, MetricsServer(ledger, config.metrics_grpc)
 
 
 def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry: CollectorRegistry) -> LocalBackend:
