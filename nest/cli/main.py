@@ -7,6 +7,7 @@ nest deploy hello            validate, package, upload; prints the URL and versi
 nest invoke hello --data '{"name": "x"}'
 nest ls | describe NAME | logs NAME [-f] | delete NAME     (read verbs take -o json)
 nest schema                  the JSON Schema of nest.yaml
+nest scale simulate --trace FILE [--policy nest|kpa|keepalive-10m|static-N]   replay a trace locally
 ```
 """
 
@@ -27,6 +28,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from nest.cli.packaging import PackagingError, build_package
+from nest.cli.scale import scale_app
 from nest.cli.templates import HANDLERS, render
 from nest.client import DEFAULT_URL, ClientError, NestClient
 from nest.contracts.errors import InvalidInput
@@ -34,6 +36,7 @@ from nest.contracts.manifest import NAME_PATTERN, ManifestError, json_schema, pa
 from nest.contracts.pools import PoolSettings, PoolsFileError, parse_pools
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
+app.add_typer(scale_app, name="scale")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -1,0 +1,172 @@
+"""bench_autoscaler: the trace suite replayed through every policy; does Nest's policy dominate Knative's KPA?
+
+For each trace in tests/bench/traces/ (regenerate with scripts/make_traces.py) and each policy (nest, kpa,
+keepalive-10m, static-1), the simulator (autoscaler/simulation/) reports the delayed-request % and the
+instance-seconds. Nest dominates KPA on a trace when it delays no more requests at no more instance-seconds;
+the target is dominance on every trace and a >= 20% strict improvement of one figure on spike, ramp and
+diurnal. Both are modelled alike: same start latency, per-instance concurrency and 70% target.
+
+A parameter sweep (Nest: scale_down_delay x utilization; KPA: stable window x target utilisation; keep-alive:
+duration) over the spike, ramp and diurnal traces is plotted as delayed % vs instance-seconds with each family's
+Pareto frontier (PNG, matplotlib Agg). Prints one JSON line. Virtual time: the run takes seconds, not hours.
+
+Run: .venv/bin/python -m tests.bench.bench_autoscaler [--concurrency 4] [--png /tmp/nest_autoscaler_pareto.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoscaler.simulation.model import Settings, simulate
+from autoscaler.simulation.policies import KeepAlivePolicy, KpaConfig, KpaPolicy, make_policy, nest_spec, tuned
+from autoscaler.simulation.report import dominates, figures, improvement
+from autoscaler.simulation.traces import load_trace
+from nest.contracts.model import ScalingSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from autoscaler.simulation.policies import Policy
+    from autoscaler.simulation.report import Figures
+    from autoscaler.simulation.traces import Trace
+
+TRACES = Path(__file__).resolve().parent / "traces"
+SUITE = ("steady", "diurnal", "spike", "ramp", "onoff", "azure")
+POLICIES = ("nest", "kpa", "keepalive-10m", "static-1")
+MUST_IMPROVE = ("spike", "ramp", "diurnal")
+REQUIRED_IMPROVEMENT = 0.2
+SWEEP_TRACES = MUST_IMPROVE
+
+
+def compare(traces: dict[str, Trace], settings: Settings) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, trace in traces.items():
+        runs: dict[str, Figures] = {}
+        for policy in POLICIES:
+            factory = make_policy(policy, concurrency=settings.concurrency, start_latency_s=settings.start_latency_s)
+            runs[policy] = figures(simulate(trace, factory, settings, name=policy))
+        nest, kpa = runs["nest"], runs["kpa"]
+        results[name] = {
+            **{
+                policy: {
+                    "delayed_pct": figure.delayed_pct,
+                    "cold_delayed_pct": figure.cold_delayed_pct,
+                    "wait_p99_ms": figure.wait_p99_ms,
+                    "instance_seconds": figure.instance_seconds,
+                }
+                for policy, figure in runs.items()
+            },
+            "nest_dominates_kpa": dominates(nest, kpa),
+            "nest_best_improvement": improvement(nest, kpa),
+        }
+    return results
+
+
+def sweep(traces: dict[str, Trace], settings: Settings) -> dict[str, list[tuple[str, float, float]]]:
+    """(label, delayed %, instance-seconds) per configuration, summed over the sweep traces, by family."""
+    spec = nest_spec(concurrency=settings.concurrency, start_latency_s=settings.start_latency_s)
+    families: dict[str, list[tuple[str, Callable[[], Policy]]]] = {"nest": [], "kpa": [], "keepalive": []}
+    names = {item.name for item in fields(ScalingSpec)}
+    for delay in (0.0, 10.0, 30.0, 60.0):
+        for utilization in (0.5, 0.7, 0.9):
+            overrides: dict[str, Any] = {"scale_down_delay_s": delay, "utilization": utilization}
+            label = f"delay {delay:g}s util {utilization:g}"
+            families["nest"].append((label, tuned(spec, **{k: v for k, v in overrides.items() if k in names})))
+    for window in (30.0, 60.0, 120.0):
+        for utilization in (0.5, 0.7, 0.9):
+            config = KpaConfig(
+                target=settings.concurrency * utilization, stable_window_s=window, panic_window_s=window / 10
+            )
+            families["kpa"].append((f"window {window:g}s util {utilization:g}", lambda c=config: KpaPolicy(c)))
+    for keep in (60.0, 300.0, 600.0):
+        families["keepalive"].append(
+            (f"keep {keep:g}s", lambda k=keep: KeepAlivePolicy(k, concurrency=settings.concurrency))
+        )
+    points: dict[str, list[tuple[str, float, float]]] = {}
+    for family, configs in families.items():
+        for label, factory in configs:
+            delayed = requests = 0
+            cost = 0.0
+            for trace in traces.values():
+                figure = figures(simulate(trace, factory, settings, name=label))
+                delayed, requests, cost = (
+                    delayed + figure.delayed,
+                    requests + figure.requests,
+                    cost + figure.instance_seconds,
+                )
+            points.setdefault(family, []).append((label, round(100.0 * delayed / requests, 3), round(cost, 1)))
+    return points
+
+
+def frontier(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points no other point beats on both delayed % and instance-seconds, by cost."""
+    ordered = sorted(points, key=lambda point: (point[2], point[1]))
+    best: list[tuple[str, float, float]] = []
+    for point in ordered:
+        if not best or point[1] < best[-1][1]:
+            best.append(point)
+    return best
+
+
+def plot(points: dict[str, list[tuple[str, float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    for (family, items), color in zip(points.items(), ("tab:green", "tab:blue", "tab:orange"), strict=False):
+        axes.scatter([p[2] for p in items], [p[1] for p in items], color=color, alpha=0.5, label=family)
+        edge = frontier(items)
+        axes.plot([p[2] for p in edge], [p[1] for p in edge], color=color)
+        for label, delayed, cost in edge:
+            axes.annotate(label, (cost, delayed), fontsize=6, alpha=0.8)
+    axes.set_xlabel(f"instance-seconds ({' + '.join(SWEEP_TRACES)})")
+    axes.set_ylabel("requests delayed (%)")
+    axes.set_title("Pareto frontier per policy family (lower left is better)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--start-latency", type=float, default=0.05)
+    parser.add_argument("--png", type=Path, default=Path(tempfile.gettempdir()) / "nest_autoscaler_pareto.png")
+    parser.add_argument("--no-sweep", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    settings = Settings(concurrency=args.concurrency, start_latency_s=args.start_latency)
+    traces = {name: load_trace(TRACES / f"{name}.csv") for name in SUITE}
+    results = compare(traces, settings)
+    target_met = all(item["nest_dominates_kpa"] for item in results.values()) and all(
+        results[name]["nest_best_improvement"] >= REQUIRED_IMPROVEMENT for name in MUST_IMPROVE
+    )
+    report: dict[str, Any] = {
+        "bench": "autoscaler",
+        "concurrency": args.concurrency,
+        "start_latency_s": args.start_latency,
+        "traces": results,
+        "nest_dominates_kpa_on": [name for name, item in results.items() if item["nest_dominates_kpa"]],
+        "target_met": target_met,
+    }
+    if not args.no_sweep:
+        points = sweep({name: traces[name] for name in SWEEP_TRACES}, settings)
+        plot(points, args.png)
+        report["pareto_png"] = str(args.png)
+        report["frontier"] = {family: frontier(items) for family, items in points.items()}
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
