@@ -42,7 +42,8 @@ class AimdState:
 
 
 def start(config: AimdConfig) -> AimdState:
-    return AimdState(rate=config.initial_rate, tokens=1.0)
+    """A fresh state with a full bucket: a backlog starts with one window's worth of dispatches at once."""
+    return AimdState(rate=config.initial_rate, tokens=max(1.0, config.initial_rate * config.window_s))
 
 
 def observe(
@@ -86,8 +87,8 @@ def pace(config: AimdConfig, state: AimdState, *, now: float) -> tuple[bool, Aim
         tokens = state.tokens
     else:
         tokens = min(burst, state.tokens + (now - state.refilled_at) * state.rate)
-    if tokens >= 1.0:
-        return True, replace(state, tokens=tokens - 1.0, refilled_at=now)
+    if tokens >= 1.0 - 1e-9:  # float refills land a hair short of a whole token
+        return True, replace(state, tokens=max(0.0, tokens - 1.0), refilled_at=now)
     return False, replace(state, tokens=tokens, refilled_at=now)
 
 

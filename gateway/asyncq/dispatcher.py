@@ -1,0 +1,239 @@
+"""The dispatcher: pushes due tasks to their functions, fairly, within limits, and settles each attempt.
+
+One round: read the due tasks per (function, priority) queue, hand out the free slots (each function's
+`async.concurrency` minus what it runs now) one by one with `fairness.pick`, each pick also paced by the
+function's AIMD rate (`aimd.pace`), lease the picked counts per queue, and run each task in its own asyncio task:
+invoke (`invoking.ProxyInvoker`), then settle it or schedule its retry by `retry.next_step`. A submission or a
+finished task wakes the loop at once, so an idle queue dispatches in well under a millisecond plus the database
+round trip; otherwise it looks again after `idle_poll_s` (delayed tasks and retries coming due).
+
+A task is never run twice at once: it is leased for the function's timeout plus a margin, the lease is extended
+while the run lasts, and only the lease holder may settle it. A task whose lease ran out (this process died) is
+taken over by the next dispatcher, counting the lost attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.asyncq import aimd
+from gateway.asyncq.fairness import FairState, QueueKey, pick
+from gateway.asyncq.retry import Failure, Next, RetryPolicy, is_expired, next_step
+from gateway.asyncq.tasks import Outcome, TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.asyncq.invoking import Answer
+    from gateway.asyncq.tasks import Task, TaskQueue
+
+logger = logging.getLogger("nest.asyncq")
+
+LEASE_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncSettings:
+    """A function's `async:` settings as the dispatcher needs them."""
+
+    concurrency: int = 10
+    timeout_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_backlog: int = 100_000
+
+
+class AsyncCatalog(Protocol):
+    def async_settings(self, function: str) -> AsyncSettings | None:
+        """The function's settings, or None when it no longer exists."""
+        ...
+
+
+class Invoker(Protocol):
+    async def invoke(self, task: Task, *, call_id: str) -> Answer: ...
+
+
+class ResultSink(Protocol):
+    async def finished(self, task: Task, outcome: Outcome) -> None:
+        """A task reached a final state: deliver it to its destinations. Must not raise."""
+        ...
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        invoker: Invoker,
+        catalog: AsyncCatalog,
+        *,
+        owner: str,
+        sink: ResultSink | None = None,
+        clock: Callable[[], float] = time.time,
+        draw: Callable[[], float] = random.random,
+        idle_poll_s: float = 0.25,
+        rate: aimd.AimdConfig | None = None,
+    ) -> None:
+        self._queue = queue
+        self._invoker = invoker
+        self._catalog = catalog
+        self._owner = owner
+        self._sink = sink
+        self._clock = clock
+        self._draw = draw
+        self._idle_poll_s = idle_poll_s
+        self._rate_config = rate or aimd.AimdConfig()
+        self._rates: dict[str, aimd.AimdState] = {}
+        self._fair = FairState()
+        self._wake = asyncio.Event()
+        self.running: Counter[str] = Counter()
+        """Tasks running now, per function."""
+        self._backlog: dict[str, int] = {}
+        """Due tasks per function at the last round: AIMD's "is the backlog growing" signal."""
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            while True:
+                self._wake.clear()
+                try:
+                    started = await self.dispatch_round(group)
+                except Exception:
+                    logger.exception("dispatch round failed; retrying")
+                    started = 0
+                if not started:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._idle_poll_s):
+                            await self._wake.wait()
+
+    async def dispatch_round(self, group: asyncio.TaskGroup) -> int:
+        """Lease and start what may run now; how many tasks started."""
+        now = self._clock()
+        ready = await self._queue.ready(now)
+        backlog: Counter[str] = Counter()
+        for key, count in ready.items():
+            backlog[key.function] += count
+        self._backlog = dict(backlog)
+        plan = self._plan(ready, now)
+        started = 0
+        for key, count in plan.items():
+            settings = self._catalog.async_settings(key.function)
+            if settings is None:
+                continue
+            lease_s = settings.timeout_s + LEASE_MARGIN_S
+            for task in await self._queue.lease(key, owner=self._owner, now=now, lease_s=lease_s, limit=count):
+                self.running[task.function] += 1
+                group.create_task(self._execute(task, settings, lease_s), name=f"task {task.id}")
+                started += 1
+        return started
+
+    def _plan(self, ready: dict[QueueKey, int], now: float) -> Counter[QueueKey]:
+        left = dict(ready)
+        free: dict[str, int] = {}
+        for key in left:
+            settings = self._catalog.async_settings(key.function)
+            free[key.function] = 0 if settings is None else settings.concurrency - self.running[key.function]
+        plan: Counter[QueueKey] = Counter()
+        paced_out: set[str] = set()
+        while True:
+            eligible = [
+                key
+                for key, count in left.items()
+                if count > 0 and free[key.function] > 0 and key.function not in paced_out
+            ]
+            chosen, self._fair = pick(self._fair, eligible)
+            if chosen is None:
+                return plan
+            state = self._rates.get(chosen.function) or aimd.start(self._rate_config)
+            allowed, self._rates[chosen.function] = aimd.pace(self._rate_config, state, now=now)
+            if not allowed:
+                paced_out.add(chosen.function)
+                continue
+            plan[chosen] += 1
+            left[chosen] -= 1
+            free[chosen.function] -= 1
+
+    async def _execute(self, task: Task, settings: AsyncSettings, lease_s: float) -> None:
+        try:
+            await self._attempt(task, settings, lease_s)
+        except Exception:
+            logger.exception("task %s: settling failed; its lease will run out and it will be retried", task.id)
+        finally:
+            self.running[task.function] -= 1
+            self.wake()
+
+    async def _attempt(self, task: Task, settings: AsyncSettings, lease_s: float) -> None:
+        now = self._clock()
+        if is_expired(settings.retry, enqueued_at=task.enqueued_at, now=now):
+            reason = f"max_event_age {settings.retry.max_event_age_s:g}s passed before it could run"
+            await self._settle(task, Outcome(TaskStatus.EXPIRED, error=reason))
+            return
+        keeper = asyncio.create_task(self._keep_lease(task, lease_s))
+        try:
+            answer: Answer | None = await self._invoker.invoke(task, call_id=task.id)
+        except Exception as exc:
+            logger.warning("task %s: invocation failed: %r", task.id, exc)
+            answer = None
+        finally:
+            keeper.cancel()
+        if answer is not None and answer.ok:
+            self._observe(task.function, succeeded=1, throttled=0)
+            await self._settle(task, Outcome(TaskStatus.SUCCEEDED, answer.body, answer.status))
+            return
+        failure = answer.failure() if answer is not None else Failure(None, "crash")
+        verdict = next_step(
+            settings.retry,
+            failure,
+            attempts=task.attempts + 1,
+            throttles=task.throttles + 1,
+            enqueued_at=task.enqueued_at,
+            now=self._clock(),
+            jitter=self._draw(),
+        )
+        self._observe(task.function, succeeded=0, throttled=0 if verdict.spends_attempt else 1)
+        if verdict.next is Next.RETRY and verdict.at is not None:
+            await self._queue.retry(
+                task.id,
+                owner=self._owner,
+                at=verdict.at,
+                spent_attempt=verdict.spends_attempt,
+                error=verdict.reason,
+                now=self._clock(),
+            )
+            return
+        status = TaskStatus.DEAD_LETTERED if verdict.next is Next.DEAD_LETTER else TaskStatus.EXPIRED
+        body = answer.body if answer is not None else None
+        code = answer.status if answer is not None else None
+        await self._settle(task, Outcome(status, body, code, verdict.reason))
+
+    async def _settle(self, task: Task, outcome: Outcome) -> None:
+        if not await self._queue.settle(task.id, owner=self._owner, outcome=outcome, now=self._clock()):
+            logger.warning("task %s: lease lost before settling; another dispatcher owns it now", task.id)
+            return
+        if self._sink is not None:
+            await self._sink.finished(task, outcome)
+
+    async def _keep_lease(self, task: Task, lease_s: float) -> None:
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            if not await self._queue.extend(task.id, owner=self._owner, until=self._clock() + lease_s):
+                logger.warning("task %s: lease lost while running", task.id)
+                return
+
+    def _observe(self, function: str, *, succeeded: int, throttled: int) -> None:
+        state = self._rates.get(function) or aimd.start(self._rate_config)
+        backlog = self._backlog.get(function, 0)
+        self._rates[function] = aimd.observe(
+            self._rate_config, state, succeeded=succeeded, throttled=throttled, backlog=backlog, now=self._clock()
+        )
+
+    def rate(self, function: str) -> float:
+        state = self._rates.get(function)
+        return state.rate if state is not None else self._rate_config.initial_rate
