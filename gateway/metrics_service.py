@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nest.gateway.metrics")
 
 LOCAL_COLLECTOR = "local"
-"""The collector id of the in-process reader (the embedded autoscaler)."""
+"""The collector id of the in-process reader (the embedded autoscaler); refused over gRPC."""
 MAX_COLLECTOR_ID = 128
 MAX_COLLECTORS = 32
 """Distinct collector ids a gateway keeps totals for: an autoscaler, its standby and a rollout's overlap need a
@@ -237,6 +237,11 @@ class MetricsServer:
         request: metrics_pb2.CollectRequest,
         context: grpc.aio.ServicerContext[metrics_pb2.CollectRequest, metrics_pb2.CollectResponse],
     ) -> metrics_pb2.CollectResponse:
+        if request.collector_id == LOCAL_COLLECTOR:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"collector_id: {LOCAL_COLLECTOR!r} is reserved for the gateway's in-process reader; pick another",
+            )
         try:
             traffic = self._ledger.collect_for(request.collector_id, self._clock())
         except InvalidInput as exc:

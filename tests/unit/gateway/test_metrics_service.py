@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -15,8 +18,8 @@ from nest.contracts.model import Route, VersionKey, VersionTraffic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[3]
 KEY = VersionKey(FunctionName("hello"), VersionId("abc123abc123"))
 OTHER = VersionKey(FunctionName("resize"), VersionId("def456def456"))
 
@@ -217,6 +220,7 @@ async def test_collect_over_grpc_reports_the_collectors_interval(
     ("collector_ids", "code", "detail"),
     [
         pytest.param([""], grpc.StatusCode.INVALID_ARGUMENT, "collector_id: must be 1 to 128", id="empty-id"),
+        pytest.param(["local"], grpc.StatusCode.INVALID_ARGUMENT, "'local' is reserved", id="reserved-id"),
         pytest.param(["a", "b", "c"], grpc.StatusCode.RESOURCE_EXHAUSTED, "collector 'c' refused", id="over-cap"),
     ],
 )
@@ -242,3 +246,12 @@ async def test_a_taken_port_is_a_clear_error_not_a_shared_port() -> None:
             await second.start()
     finally:
         await first.stop()
+
+
+def test_the_committed_stubs_are_what_gen_protos_writes(tmp_path: Path) -> None:
+    outputs = [f"--python_out={tmp_path}", f"--pyi_out={tmp_path}"]
+    proto = str(ROOT / "nest/api/metrics.proto")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={ROOT}", *outputs, proto], check=True)
+    for name in ("metrics_pb2.py", "metrics_pb2.pyi"):
+        fresh = (tmp_path / "nest/api" / name).read_text()
+        assert fresh == (ROOT / "nest/api/_generated" / name).read_text(), "stale stubs: run scripts/gen_protos.sh"
