@@ -109,6 +109,12 @@ class HttpChunkSource:
             return body
         raise AssertionError("unreachable")
 
+    def __enter__(self) -> HttpChunkSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every thread's connection (once the threads are done)."""
         with self._lock:

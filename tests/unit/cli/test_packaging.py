@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from typing import TYPE_CHECKING
 
 import pytest
 
 from nest.cli.packaging import PackagingError, build_package
 from nest.cli.templates import HANDLERS, render
+from nest.contracts.chunks import Codec, split_bundle
 from nest.contracts.manifest import parse_manifest
 
 if TYPE_CHECKING:
@@ -16,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def names(package: bytes) -> list[str]:
-    with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as archive:
-        return archive.getnames()
+    manifest, _, _ = split_bundle(package)
+    return sorted([entry.path for entry in manifest.files] + [link.path for link in manifest.links])
 
 
 def make_function(root: Path) -> Path:
@@ -62,6 +61,21 @@ def test_a_package_over_the_cap_is_refused(tmp_path: Path) -> None:
     (root / "blob.bin").write_bytes(os.urandom(4096))
     with pytest.raises(PackagingError, match="larger than"):
         build_package(root, max_bytes=1024)
+
+
+def test_the_codec_comes_from_nest_yaml_unless_given(tmp_path: Path) -> None:
+    root = make_function(tmp_path)
+    assert split_bundle(build_package(root))[0].codec is Codec.ZSTD
+    (root / "nest.yaml").write_text("name: hello\npackage: {codec: lz4}\n")
+    assert split_bundle(build_package(root))[0].codec is Codec.LZ4
+    assert split_bundle(build_package(root, codec=Codec.NONE))[0].codec is Codec.NONE
+
+
+def test_a_symlink_inside_the_directory_is_kept_relative(tmp_path: Path) -> None:
+    root = make_function(tmp_path)
+    (root / "alias.py").symlink_to(root / "lib" / "util.py")
+    links = split_bundle(build_package(root))[0].links
+    assert [(link.path, link.target) for link in links] == [("alias.py", "lib/util.py")]
 
 
 @pytest.mark.parametrize("style", sorted(HANDLERS))
