@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import grpc
@@ -146,16 +147,16 @@ def aggregate(replies: Iterable[list[VersionTraffic]]) -> list[VersionTraffic]:
             extra = dict(seen.extra)
             for name, value in item.extra.items():
                 extra[name] = extra.get(name, 0.0) + value
-            totals[item.key] = VersionTraffic(
-                item.key,
-                seen.concurrency + item.concurrency,
-                seen.in_flight + item.in_flight,
-                seen.queued + item.queued,
-                seen.completed + item.completed,
-                max(seen.interval_s, item.interval_s),
-                extra,
-                _largest(seen.cpu, item.cpu),
-                _largest(seen.memory, item.memory),
+            totals[item.key] = replace(
+                seen,
+                concurrency=seen.concurrency + item.concurrency,
+                in_flight=seen.in_flight + item.in_flight,
+                queued=seen.queued + item.queued,
+                completed=seen.completed + item.completed,
+                interval_s=max(seen.interval_s, item.interval_s),
+                extra=extra,
+                cpu=_largest(seen.cpu, item.cpu),
+                memory=_largest(seen.memory, item.memory),
             )
     return list(totals.values())
 

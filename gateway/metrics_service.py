@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -68,32 +68,24 @@ class _Totals:
             self.completed[item.key] = self.completed.get(item.key, 0) + item.completed
 
     def take(self, fresh: list[VersionTraffic], now: float) -> list[VersionTraffic]:
-        """The collector's interval, ending now; starts the next one."""
+        """The collector's interval, ending now; starts the next one. Levels (in-flight, queued, cpu, memory and
+        whatever else the table reports) are the fresh ones; a version gone from the table reports only its sums."""
         current = {item.key: item for item in fresh}
         result = []
         for key in current.keys() | self.area.keys():
-            item = current.get(key)
-            in_flight, queued = (item.in_flight, item.queued) if item is not None else (0, 0)
-            interval = now - self.since if self.since is not None else (item.interval_s if item is not None else 0.0)
+            item = current.get(key) or VersionTraffic(key, 0.0, 0, 0, 0, 0.0)
+            interval = now - self.since if self.since is not None else item.interval_s
             area = self.area.get(key, 0.0)
-            concurrency = area / interval if interval > 0 else float(in_flight + queued)
-            completed = self.completed.get(key, 0)
-            if item is None:
-                result.append(VersionTraffic(key, concurrency, in_flight, queued, completed, interval))
-            else:
-                result.append(
-                    VersionTraffic(
-                        key,
-                        concurrency,
-                        in_flight,
-                        queued,
-                        completed,
-                        interval,
-                        dict(item.extra),
-                        item.cpu,
-                        item.memory,
-                    )
+            concurrency = area / interval if interval > 0 else float(item.in_flight + item.queued)
+            result.append(
+                replace(
+                    item,
+                    concurrency=concurrency,
+                    completed=self.completed.get(key, 0),
+                    interval_s=interval,
+                    extra=dict(item.extra),
                 )
+            )
         self.area.clear()
         self.completed.clear()
         self.since = self.read_at = now

@@ -13,6 +13,9 @@ timeout: 30s
 memory: 256Mi
 concurrency: 10             # max in-flight requests per instance
 scaling: {min: 0, max: 10, utilization: 0.7, scale_down_delay: 30s, scale_to_zero_grace: 60s}
+  # more scaling keys (docs/manifest.md): stable_window, panic_window, panic_threshold, max_scale_up_rate,
+  # max_scale_down_rate, initial_scale, activation_scale, target_qps, target_cpu, target_memory, prediction,
+  # start_latency, schedules: [{cron: "0 9 * * MON-FRI", timezone: Europe/Paris, duration: 8h, min: 4}]
 http: {methods: [GET, POST], paths: [/hello, /api/hello/*]}
 package: {codec: zstd}      # zstd (smaller) | lz4 (faster to decompress)
 ```
@@ -23,13 +26,15 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nest.contracts.errors import InvalidInput
 from nest.contracts.ids import FunctionName
-from nest.contracts.model import ScalingSpec
+from nest.contracts.model import ScalingSchedule, ScalingSpec
 
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 63
@@ -131,6 +136,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ScalingWindow(_Strict):
+    """One `scaling.schedules` entry: from each time `cron` fires (in `timezone`), keep `min` for `duration`."""
+
+    cron: str = Field(description="Five-field cron expression, e.g. '0 9 * * MON-FRI' (weekdays at 09:00).")
+    timezone: str = Field("UTC", max_length=64, description="IANA timezone the cron fields are read in.")
+    duration: Duration = Field(gt=0, le=7 * 86400, description="How long each window lasts, e.g. '8h'.")
+    min: int = Field(ge=1, le=1000, description="Instances kept during the window.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        if len(cron) > 128 or len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise ValueError(f"{cron[:40]!r} is not a five-field cron expression (e.g. '0 9 * * MON-FRI')")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, timezone: str) -> str:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{timezone!r} is not an IANA timezone (e.g. 'Europe/Paris', 'UTC')") from None
+        return timezone
+
+
 class Scaling(_Strict):
     """`scaling:` how many instances, and how fast to change their number."""
 
@@ -142,11 +172,40 @@ class Scaling(_Strict):
     utilization: float = Field(0.7, gt=0, le=1, description="Fraction of the target to aim at: scale ahead at 70%.")
     scale_down_delay: Duration = Field(30.0, le=3600, description="Wait this long before removing instances.")
     scale_to_zero_grace: Duration = Field(60.0, le=86400, description="Idle time before the last instance goes.")
+    stable_window: Duration = Field(60.0, ge=1, le=3600, description="Window the stable demand is averaged over.")
+    panic_window: Duration = Field(6.0, ge=1, le=3600, description="Short window that detects bursts (panic).")
+    panic_threshold: float = Field(
+        2.0, ge=1, le=100, description="Panic when the panic window's demand reaches this multiple of capacity."
+    )
+    max_scale_up_rate: float = Field(1000.0, ge=1, le=1000, description="At most this many times more per tick.")
+    max_scale_down_rate: float = Field(2.0, ge=1, le=1000, description="At most this many times fewer per tick.")
+    initial_scale: int = Field(
+        0, ge=0, le=1000, description="Instances started on deploy; 0 (default) runs nothing until a request."
+    )
+    activation_scale: int = Field(1, ge=1, le=1000, description="Least instances whenever not at zero.")
+    target_qps: float | None = Field(None, gt=0, le=1e6, description="Requests/s per instance at 100% utilisation.")
+    target_cpu: float | None = Field(None, gt=0, le=1024, description="Cores per instance at 100% utilisation.")
+    target_memory: Size | None = Field(None, gt=0, le=1024**4, description="Memory per instance at 100% utilisation.")
+    schedules: list[ScalingWindow] = Field(
+        default_factory=list, max_length=16, description="Scheduled minimums: cron windows that raise min."
+    )
+    prediction: bool = Field(True, description="Scale ahead of a steady ramp (short-horizon trend).")
+    start_latency: Duration = Field(
+        0.05, le=600, description="Expected instance start time: how far ahead the prediction looks."
+    )
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Scaling:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max}); lower min or raise max")
+        if self.panic_window > self.stable_window:
+            raise ValueError(
+                f"panic_window ({self.panic_window:g}s) is longer than stable_window ({self.stable_window:g}s);"
+                " the panic window must be the shorter one"
+            )
+        for name, value in (("initial_scale", self.initial_scale), ("activation_scale", self.activation_scale)):
+            if value > self.max:
+                raise ValueError(f"{name} ({value}) is above max ({self.max}); lower it or raise max")
         return self
 
 
@@ -259,6 +318,22 @@ class Manifest(_Strict):
             utilization=self.scaling.utilization,
             scale_down_delay_s=self.scaling.scale_down_delay,
             scale_to_zero_grace_s=self.scaling.scale_to_zero_grace,
+            stable_window_s=self.scaling.stable_window,
+            panic_window_s=self.scaling.panic_window,
+            panic_threshold=self.scaling.panic_threshold,
+            max_scale_up_rate=self.scaling.max_scale_up_rate,
+            max_scale_down_rate=self.scaling.max_scale_down_rate,
+            initial_scale=self.scaling.initial_scale,
+            activation_scale=self.scaling.activation_scale,
+            target_qps=self.scaling.target_qps,
+            target_cpu=self.scaling.target_cpu,
+            target_memory=float(self.scaling.target_memory) if self.scaling.target_memory is not None else None,
+            schedules=tuple(
+                ScalingSchedule(window.cron, window.timezone, window.duration, window.min)
+                for window in self.scaling.schedules
+            ),
+            prediction=self.scaling.prediction,
+            start_latency_s=self.scaling.start_latency,
         )
 
     @property

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from hypothesis import given, strategies as st
 
 from autoscaler.remote import GrpcMetricsSource, aggregate
 from gateway.metrics_service import SERVICE, MetricsServer, TrafficLedger
@@ -219,6 +220,29 @@ def test_aggregate_sums_counts_and_takes_the_longest_interval() -> None:
         KEY: VersionTraffic(KEY, 4.0, 3, 3, 15, 1.2, {"qps": 15.0, "errors": 1.0}, cpu=0.75, memory=3e8),
         OTHER: other,
     }
+
+
+traffic_items = st.builds(
+    VersionTraffic,
+    st.sampled_from([KEY, OTHER]),
+    st.floats(0, 100),
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.integers(0, 1000),
+    st.floats(0, 5),
+)
+
+
+@given(st.lists(st.lists(traffic_items, max_size=3), max_size=5))
+def test_aggregate_loses_no_count_and_ignores_the_order_of_replicas(replies: list[list[VersionTraffic]]) -> None:
+    summed = by_key(aggregate(replies))
+    assert by_key(aggregate(list(reversed(replies)))).keys() == summed.keys()
+    for key, total in summed.items():
+        items = [item for reply in replies for item in reply if item.key == key]
+        assert total.completed == sum(item.completed for item in items)
+        assert total.in_flight + total.queued == sum(item.in_flight + item.queued for item in items)
+        assert total.interval_s == max(item.interval_s for item in items)
+        assert total.concurrency == pytest.approx(sum(item.concurrency for item in items))
 
 
 @pytest.mark.parametrize(
