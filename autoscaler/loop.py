@@ -4,18 +4,23 @@ The one async module of the autoscaler. It owns the per-version `ScalerState` be
 traffic comes through `MetricsSource`, decisions go out through `ScaleTarget`, and the decision itself is
 `decision.decide`. A poke (the activator holding a request for a version with no instance) decides for that
 version immediately rather than up to a tick later: a cold start must not wait for the clock.
+
+Two clocks: the monotonic one paces the ticks and is what the metrics source is asked with; decisions get wall
+time (epoch seconds), because schedules are wall-clock. After a restart the states are empty: each version's
+first decision counts the instances it finds (see `decision.py`), so a restart never flaps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from autoscaler.decision import Decision, Observation, ScalerState, decide
+from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nest.autoscaler")
 
 DECISIONS_KEPT = 20
+LONGEST_INTERVAL_S = 60.0
+"""A version absent from the traffic had none since its last tick; a longer pause than this is a gap."""
 ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 """Pause after a failing tick, growing while ticks keep failing (kopf's `throttled`, simplified)."""
 
@@ -38,12 +45,16 @@ class Autoscaler:
         *,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._metrics = metrics
         self._target = target
         self._tick_s = tick_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._states: dict[VersionKey, ScalerState] = {}
+        self._modes: dict[VersionKey, Mode] = {}
+        self._ticked_at: dict[VersionKey, float] = {}
         self._decisions: dict[VersionKey, deque[tuple[float, int, str]]] = {}
         self._poked: set[VersionKey] = set()
         self._wake = asyncio.Event()
@@ -54,7 +65,11 @@ class Autoscaler:
         self._wake.set()
 
     def recent_decisions(self, key: VersionKey) -> list[tuple[float, int, str]]:
+        """(epoch seconds, desired, reason) of the decisions that changed the count or the mode, oldest first."""
         return list(self._decisions.get(key, ()))
+
+    def mode(self, key: VersionKey) -> Mode:
+        return self._modes.get(key, Mode.STABLE)
 
     async def run(self) -> None:
         failures = 0
@@ -80,37 +95,56 @@ class Autoscaler:
 
     async def tick(self) -> None:
         """Decide for every live version from one interval of traffic."""
-        now = self._clock()
-        traffic = {item.key: item for item in self._metrics.collect(now)}
+        collected = self._metrics.collect(self._clock())
+        if inspect.isawaitable(collected):
+            collected = await collected
+        traffic = {item.key: item for item in collected}
+        now = self._wall_clock()
         scalables = self._target.scalables()
         for key in list(self._states):
             if key not in scalables:
-                del self._states[key]
-                self._decisions.pop(key, None)
+                for kept in (self._states, self._decisions, self._modes, self._ticked_at):
+                    kept.pop(key, None)
         for key, (spec, current) in scalables.items():
-            await self._apply(key, spec, _observe(traffic.get(key), current), now)
+            since = self._ticked_at.get(key)
+            self._ticked_at[key] = now
+            quiet_s = min(max(now - since, 0.0), LONGEST_INTERVAL_S) if since is not None else self._tick_s
+            await self._apply(key, spec, _observe(traffic.get(key), current, quiet_s), now)
 
     async def answer_pokes(self) -> None:
         """Decide at once for poked versions that have no instance yet."""
         poked, self._poked = self._poked, set()
         scalables = self._target.scalables()
-        now = self._clock()
+        now = self._wall_clock()
         for key in poked:
             if key in scalables and scalables[key][1] == 0:
                 spec, current = scalables[key]
-                await self._apply(key, spec, Observation(0.0, 0, 1, 0, current, poked=True), now)
+                seen = Observation(0.0, 0, 1, 0, current, poked=True, interval_s=0.0)
+                await self._apply(key, spec, seen, now)
 
     async def _apply(self, key: VersionKey, spec: ScalingSpec, seen: Observation, now: float) -> Decision:
         decision = decide(spec, self._states.get(key, ScalerState()), seen, now)
         self._states[key] = decision.state
         history = self._decisions.setdefault(key, deque(maxlen=DECISIONS_KEPT))
-        if not history or history[-1][1] != decision.desired:
+        changed = self._modes.get(key, Mode.STABLE) is not decision.mode
+        if changed or not history or history[-1][1] != decision.desired:
             history.append((now, decision.desired, decision.reason))
-        await self._target.scale(key, decision.desired, decision.reason)
+        self._modes[key] = decision.mode
+        await self._target.scale(key, decision.desired, decision.reason, mode=decision.mode.value)
         return decision
 
 
-def _observe(traffic: VersionTraffic | None, current: int) -> Observation:
+def _observe(traffic: VersionTraffic | None, current: int, quiet_s: float) -> Observation:
+    """The decision's view of one interval; no entry means no traffic over the time since the last tick."""
     if traffic is None:
-        return Observation(0.0, 0, 0, 0, current)
-    return Observation(traffic.concurrency, traffic.in_flight, traffic.queued, traffic.completed, current)
+        return Observation(0.0, 0, 0, 0, current, interval_s=quiet_s)
+    return Observation(
+        traffic.concurrency,
+        traffic.in_flight,
+        traffic.queued,
+        traffic.completed,
+        current,
+        cpu=traffic.cpu,
+        memory=traffic.memory,
+        interval_s=max(traffic.interval_s, 0.0),
+    )

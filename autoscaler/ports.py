@@ -1,7 +1,8 @@
 """Ports the autoscaler consumes: where traffic comes from and where desired counts go.
 
-`MetricsSource` is satisfied by the gateway's routing table, `ScaleTarget` by the controller's fleet; neither is
-imported here (`nest/wiring/embedded.py` checks the fit).
+`MetricsSource` is satisfied by the gateway's routing table in process and by `autoscaler/remote.py`'s gRPC
+client for gateways elsewhere; `ScaleTarget` by the controller's fleet. Neither is imported here
+(`nest/wiring/embedded.py` checks the fit).
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from nest.contracts.model import ScalingSpec, VersionKey, VersionTraffic
 
 
 class MetricsSource(Protocol):
-    def collect(self, now: float) -> list[VersionTraffic]:
-        """One interval of traffic per version (monotonic `now`); resets the interval counters."""
+    def collect(self, now: float) -> list[VersionTraffic] | Awaitable[list[VersionTraffic]]:
+        """One interval of traffic per version since the last call, resetting the interval counters.
+
+        Either `async def collect` (a remote source: `autoscaler/remote.py` asks gateways over gRPC) or a plain
+        `def` (the in-process routing table, which must not make its hot path wait); the loop awaits what needs
+        it. `now` is the autoscaler's monotonic clock; a source with its own clock may ignore it. A version with
+        no entry had no traffic in the interval.
+        """
         ...
 
 
@@ -23,6 +32,9 @@ class ScaleTarget(Protocol):
         """Every live version: its scaling spec and how many instances exist now (ready or starting)."""
         ...
 
-    async def scale(self, key: VersionKey, desired: int, reason: str) -> None:
-        """Aim for `desired` instances; called every tick (no-ops are the target's to ignore)."""
+    async def scale(self, key: VersionKey, desired: int, reason: str, *, mode: str = "stable") -> None:
+        """Aim for `desired` instances; called every decision (no-ops are the target's to ignore).
+
+        `reason` and `mode` ("stable" or "panic") are for people: `nest describe` shows them.
+        """
         ...

@@ -53,7 +53,9 @@ class Version:
     template: InstanceSpec
     scaling: ScalingSpec
     desired: int = 0
-    decisions: deque[tuple[float, int, str]] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+    decisions: deque[tuple[float, int, str, str]] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+    """(epoch seconds, desired, mode, reason) of the decisions that changed the count or the mode."""
+    mode: str = "stable"
     last_failure: InitFailure | None = None
 
 
@@ -124,9 +126,12 @@ class Fleet:
     def scaling_status(self, key: VersionKey) -> dict[str, Any]:
         version = self._versions.get(key)
         if version is None:
-            return {"desired": 0, "decisions": []}
-        decisions = [{"at": at, "desired": n, "reason": reason} for at, n, reason in reversed(version.decisions)]
-        return {"desired": version.desired, "decisions": decisions}
+            return {"desired": 0, "mode": "stable", "decisions": []}
+        decisions = [
+            {"at": at, "desired": n, "mode": mode, "reason": reason}
+            for at, n, mode, reason in reversed(version.decisions)
+        ]
+        return {"desired": version.desired, "mode": version.mode, "decisions": decisions}
 
     def last_failure(self, key: VersionKey) -> InitFailure | None:
         version = self._versions.get(key)
@@ -137,12 +142,14 @@ class Fleet:
     def scalables(self) -> dict[VersionKey, tuple[ScalingSpec, int]]:
         return {key: (version.scaling, sum(self.counts(key))) for key, version in self._versions.items()}
 
-    async def scale(self, key: VersionKey, desired: int, reason: str) -> None:
+    async def scale(self, key: VersionKey, desired: int, reason: str, *, mode: str = "stable") -> None:
         version = self._versions.get(key)
         if version is None:
             return
+        if desired != version.desired or mode != version.mode:
+            version.decisions.append((self._clock(), desired, mode, reason))
+            version.mode = mode
         if desired != version.desired:
-            version.decisions.append((self._clock(), desired, reason))
             version.desired = desired
             self._wake.set()
 

@@ -299,7 +299,7 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
         f"scaling min {scaling.get('min')} max {scaling.get('max')} utilization {scaling.get('utilization')}"
         f"  scale_down_delay {scaling.get('scale_down_delay')}s"
         f"  scale_to_zero_grace {scaling.get('scale_to_zero_grace')}s"
-        f"  desired {info['scaling']['desired']}"
+        f"  desired {info['scaling']['desired']}  mode {info['scaling'].get('mode', 'stable')}"
     )
     error = info.get("last_init_error")
     if error:
@@ -308,9 +308,9 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
     for item in info["instances"]:
         instances.add_row(item["id"], item["version"], item["state"], _when(item["started_at"]))
     out.print(instances)
-    decisions = Table("AT", "DESIRED", "REASON", box=None, title="scaling decisions", title_justify="left")
+    decisions = Table("AT", "DESIRED", "MODE", "REASON", box=None, title="scaling decisions", title_justify="left")
     for item in info["scaling"]["decisions"]:
-        decisions.add_row(_when(item["at"]), str(item["desired"]), item["reason"])
+        decisions.add_row(_when(item["at"]), str(item["desired"]), item.get("mode", "stable"), item["reason"])
     out.print(decisions)
     starts = Table("AT", "INSTANCE", "PHASES (ms)", box=None, title="recent instance starts", title_justify="left")
     for item in info.get("cold_starts", [])[:5]:

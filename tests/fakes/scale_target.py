@@ -12,13 +12,15 @@ class FakeScaleTarget:
     def __init__(self) -> None:
         self.versions: dict[VersionKey, tuple[ScalingSpec, int]] = {}
         self.calls: list[tuple[VersionKey, int, str]] = []
+        self.modes: dict[VersionKey, str] = {}
         self.follow = True
         """Make the instance count follow the desired count at once, as a perfect backend would."""
 
     def scalables(self) -> dict[VersionKey, tuple[ScalingSpec, int]]:
         return dict(self.versions)
 
-    async def scale(self, key: VersionKey, desired: int, reason: str) -> None:
+    async def scale(self, key: VersionKey, desired: int, reason: str, *, mode: str = "stable") -> None:
         self.calls.append((key, desired, reason))
+        self.modes[key] = mode
         if self.follow and key in self.versions:
             self.versions[key] = (self.versions[key][0], desired)
