@@ -201,8 +201,8 @@ def deploy(
         fail(str(exc))
     state = "new" if result.get("created") else "unchanged"
     out.print(f"deployed {result['name']} version {result['version']} ({state})")
-    if isinstance(package := result.get("package"), dict):
-        out.print(f"package: {package['chunks']} chunks, {package['new_chunks']} new ({package['new_bytes']} B stored)")
+    if isinstance(stored := result.get("package"), dict):
+        out.print(f"package: {stored['chunks']} chunks, {stored['new_chunks']} new ({stored['new_bytes']} B stored)")
     out.print(f"url: {result['url']}")
 
 
