@@ -150,7 +150,7 @@ class KpaConfig:
 
 
 @dataclass(slots=True)
-class _KpaState:
+class KpaState:
     panic_since: float | None = None
     max_panic_pods: int = 0
     started: bool = False
@@ -179,7 +179,7 @@ class KpaPolicy:
         self.tick_s = config.tick_s
         self._stable = _Buckets(config.stable_window_s)
         self._panic = _Buckets(config.panic_window_s)
-        self._state = _KpaState()
+        self.state = KpaState()
 
     def decide(self, seen: Observation, now: float) -> Verdict:
         second = round(now)
@@ -201,7 +201,7 @@ class KpaPolicy:
         return self._scale(seen, now, second)
 
     def _scale(self, seen: Observation, now: float, second: int) -> Verdict:
-        config, state = self.config, self._state
+        config, state = self.config, self.state
         if not state.started:
             state.started, state.active_since = True, now
             if config.initial_scale and not seen.current:
@@ -209,39 +209,45 @@ class KpaPolicy:
         stable, panic = self._stable.average(second), self._panic.average(second)
         if stable is None:
             return Verdict(seen.current, "no data in the stable window: scale unchanged")
-        panic = stable if panic is None else panic
         ready_now = getattr(seen, "ready", None)
-        ready = float(max(1, seen.current if ready_now is None else ready_now))
-        up_limit = math.ceil(config.max_scale_up_rate * ready)
-        down_limit = math.floor(ready / config.max_scale_down_rate)
+        ready = seen.current if ready_now is None else ready_now
+        desired, reason, mode = self.scale(
+            stable=stable, panic=stable if panic is None else panic, ready=ready, now=now
+        )
+        return self._to_zero(desired, seen, now, reason, mode)
+
+    def scale(self, *, stable: float, panic: float, ready: int, now: float) -> tuple[int, str, str]:
+        """Knative's `Scale()` from the window averages and the ready pod count: (desired, reason, mode)."""
+        config, state = self.config, self.state
+        pods = float(max(1, ready))  # "Use 1 if there are zero current pods."
+        up_limit = math.ceil(config.max_scale_up_rate * pods)
+        down_limit = math.floor(pods / config.max_scale_down_rate)
         dspc, dppc = math.ceil(stable / config.target - 1e-9), math.ceil(panic / config.target - 1e-9)
         desired = min(max(dspc, down_limit), up_limit)
-        over = dppc / ready >= config.panic_threshold
-        if over:
-            state.panic_since = now
+        if dppc / pods >= config.panic_threshold:
+            state.panic_since = now  # start, or extend, the panic
         elif state.panic_since is not None and state.panic_since + config.stable_window_s < now:
-            state.panic_since, state.max_panic_pods = None, 0
+            state.panic_since, state.max_panic_pods = None, 0  # the surge has made its way into the stable window
         mode = "stable"
         if state.panic_since is not None:
             mode = "panic"
             desired = max(desired, min(max(dppc, down_limit), up_limit))
-            state.max_panic_pods = max(state.max_panic_pods, desired)
+            state.max_panic_pods = max(state.max_panic_pods, desired)  # never scale down while panicking
             desired = state.max_panic_pods
         desired = self._delay(desired, now)
-        reason = f"{mode}: stable {stable:.1f} panic {panic:.1f} / target {config.target:g} → {desired}"
-        return self._to_zero(desired, seen, now, reason, mode)
+        return desired, f"{mode}: stable {stable:.1f} panic {panic:.1f} / target {config.target:g} → {desired}", mode
 
     def _delay(self, desired: int, now: float) -> int:
         if self.config.scale_down_delay_s <= 0:
             return desired
-        delays = self._state.delays
+        delays = self.state.delays
         while delays and delays[0][0] <= now - self.config.scale_down_delay_s:
             delays.popleft()
         delays.append((now, desired))
         return max(count for _, count in delays)
 
     def _to_zero(self, desired: int, seen: Observation, now: float, reason: str, mode: str) -> Verdict:
-        state, config = self._state, self.config
+        state, config = self.state, self.config
         if desired > 0 or seen.current == 0:
             if desired > 0 and state.inactive_since is not None:
                 state.inactive_since, state.active_since = None, now
