@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from autoscaler.simulation.policies import observation
+from autoscaler.simulation.policies import NestPolicy, observation
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from autoscaler.decision import Observation
     from autoscaler.simulation.policies import Policy, Verdict
     from autoscaler.simulation.traces import Request, Trace
+    from nest.contracts.model import ScalingSpec
 
 WAITED_S = 1e-9
 """A request that waited longer than this for a slot counts as delayed (float noise aside, any wait at all)."""
@@ -295,3 +296,17 @@ def simulate(
         end = math.ceil(horizon / scaler.tick_s) * scaler.tick_s
         outcomes.append(_Run(requests, scaler, settings, function=function).run(end))
     return Outcome(trace.name, name, settings, tuple(outcomes))
+
+
+def predict_instances(
+    spec: ScalingSpec, trace: Trace, *, concurrency: int, start_latency_s: float, horizon_s: float | None = None
+) -> list[Tick]:
+    """What the live autoscaler should do with `spec` under `trace`: instances per 1 s tick, from Nest's `decide`.
+
+    For the integration test that drives a real `nest up`, e.g.
+    `predict_instances(spec, step_load(1, 20, at_s=5, for_s=10, request_s=0.5), concurrency=1,
+    start_latency_s=0.05, horizon_s=60)`; compare `tick.current` with the instances `nest describe` lists at the
+    same offset (ticks are 1 s apart from 1 s after the trace's time 0).
+    """
+    settings = Settings(concurrency=concurrency, start_latency_s=start_latency_s, horizon_s=horizon_s)
+    return simulate(trace, lambda: NestPolicy(spec), settings, name="nest").timeline()

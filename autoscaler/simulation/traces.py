@@ -70,6 +70,24 @@ class Trace:
         return tuple(request for request in self.requests if request.function == function)
 
 
+def step_load(before: int, after: int, *, at_s: float, for_s: float, request_s: float) -> Trace:
+    """Closed-loop clients as a trace: `before` back-to-back callers until `at_s`, `after` for `for_s`, then none.
+
+    Each caller sends a request of `request_s` as soon as its previous one would end (a wait for a cold start
+    shifts nothing here: the trace is open-loop). E.g. `step_load(1, 20, at_s=5, for_s=10, request_s=0.5)` is the
+    live integration test's "1 -> 20 concurrent for 10 s".
+    """
+    requests: list[Request] = []
+    for callers, start, end in ((before, 0.0, at_s), (after, at_s, at_s + for_s)):
+        for _ in range(callers):
+            now = start
+            while now + 1e-9 < end:
+                requests.append(Request(round(now, 6), request_s))
+                now += request_s
+    requests.sort(key=lambda request: request.arrival_s)
+    return Trace(tuple(requests), name=f"step-{before}-{after}")
+
+
 def load_trace(path: Path) -> Trace:
     """Read a `.csv` or `.jsonl` trace. E.g. `load_trace(Path("tests/bench/traces/spike.csv"))`."""
     if not path.is_file():

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from autoscaler.simulation.model import Settings, simulate
-from autoscaler.simulation.policies import Verdict, make_policy
+from autoscaler.simulation.model import Settings, predict_instances, simulate
+from autoscaler.simulation.policies import Verdict, make_policy, nest_spec
 from autoscaler.simulation.report import figures
-from autoscaler.simulation.traces import Request, Trace
+from autoscaler.simulation.traces import Request, Trace, step_load
 
 if TYPE_CHECKING:
     from autoscaler.decision import Observation
@@ -114,3 +114,19 @@ def test_nest_policy_replays_the_live_decide_from_zero_and_back() -> None:
     assert max(counts) >= 20
     assert counts[-1] == 0
     assert figures(outcome).requests == 200
+
+
+def test_step_load_keeps_the_callers_busy_back_to_back() -> None:
+    trace = step_load(1, 4, at_s=2.0, for_s=1.0, request_s=0.5)
+    arrivals = [request.arrival_s for request in trace.requests]
+    assert arrivals == [0.0, 0.5, 1.0, 1.5, *[2.0] * 4, *[2.5] * 4]
+    assert trace.end_s == 3.0
+
+
+def test_predict_instances_follows_the_step_up_and_back_to_zero() -> None:
+    spec = nest_spec(concurrency=1, start_latency_s=0.05)
+    trace = step_load(1, 20, at_s=5.0, for_s=10.0, request_s=0.5)
+    ticks = predict_instances(spec, trace, concurrency=1, start_latency_s=0.05, horizon_s=300.0)
+    counts = [tick.current for tick in ticks]
+    assert max(counts[5:17]) >= 20  # 20 callers at one request each per instance, aiming at 70%
+    assert counts[-1] == 0
