@@ -1,0 +1,150 @@
+"""Chunked code packages through a real `nest up`: deploy with each codec, fetch and unpack on the first start,
+the node cache on later ones, deduplicated chunks on a redeploy, refusals and range requests on the code store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nest.cli.packaging import build_chunked
+from nest.contracts.chunks import Codec, FileEntry, compress, pack_bundle
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.integration.conftest import Platform
+
+pytestmark = pytest.mark.integration
+
+CODE = """
+from lib.helper import VALUE
+
+def handle(request):
+    return {"value": VALUE}
+"""
+
+
+def with_lib(platform: Platform, name: str) -> None:
+    (platform.work / name / "lib").mkdir(parents=True, exist_ok=True)
+
+
+def stored_chunks(platform: Platform) -> int:
+    return len(list((platform.data_dir / "chunks" / "objects").glob("??/*")))
+
+
+def cold_phases(platform: Platform, name: str) -> dict[str, float]:
+    starts = platform.describe(name)["cold_starts"]
+    assert isinstance(starts, list)
+    assert starts
+    phases: dict[str, float] = starts[0]["phases_ms"]
+    return phases
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_package_is_fetched_and_unpacked_on_the_first_start_only(platform: Platform, codec: str) -> None:
+    name = f"pkg-{codec}"
+    with_lib(platform, name)
+    output = platform.deploy(
+        name, CODE, f"package: {{codec: {codec}}}\n", files={"lib/helper.py": f"VALUE = {codec!r}\n"}
+    )
+    assert "package: 1 chunks, 1 new" in output
+    with platform.http() as http:
+        first = http.post(f"/function/{name}")
+        assert first.status_code == 200, first.text
+        assert first.json() == {"value": codec}
+        timing = first.headers["server-timing"]
+        assert "fetch;dur=" in timing, timing
+        assert "unpack;dur=" in timing, timing
+        phases = cold_phases(platform, name)
+        assert {"fetch", "unpack", "init"} <= set(phases)
+        digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
+        assert (platform.data_dir / "cache" / digest[:2] / digest / "lib" / "helper.py").is_file()
+
+
+def test_a_second_start_of_a_version_finds_the_node_cache(platform: Platform) -> None:
+    name = "pkg-cache"
+    with_lib(platform, name)
+    directory = platform.write_function(name, CODE, "pool: none\n", files={"lib/helper.py": "VALUE = 1\n"})
+    platform.cli("deploy", str(directory))
+    with platform.http() as http:
+        assert http.post(f"/function/{name}").status_code == 200
+    assert "fetch" in cold_phases(platform, name)
+    # Deleted and deployed again: the same package digest, whose first start now is a node-cache hit.
+    platform.cli("delete", name, "--yes")
+    platform.cli("deploy", str(directory))
+    with platform.http() as http:
+        again = http.post(f"/function/{name}")
+    assert again.status_code == 200
+    assert "fetch" not in again.headers["server-timing"]
+    assert "unpack" not in again.headers["server-timing"]
+
+
+def big_function(root: Path, name: str) -> Path:
+    rng = random.Random(4)
+    (root / "lib").mkdir(parents=True, exist_ok=True)
+    (root / "nest.yaml").write_text(f"name: {name}\n")
+    (root / "main.py").write_text(CODE)
+    (root / "lib" / "helper.py").write_text("VALUE = 'first'\n")
+    for index in range(250):
+        body = "\n".join(f"def f_{index}_{line}(x):\n    return x * {rng.randrange(10**6)}" for line in range(400))
+        (root / "lib" / f"module_{index:03}.py").write_text(body + "\n")
+    return root
+
+
+def test_a_redeploy_with_one_file_changed_stores_only_the_changed_chunks(platform: Platform) -> None:
+    directory = big_function(platform.work / "pkg-big", "pkg-big")
+    first = platform.cli("deploy", str(directory)).stdout
+    before = stored_chunks(platform)
+    (directory / "lib" / "helper.py").write_text("VALUE = 'second'\n")
+    second = platform.cli("deploy", str(directory)).stdout
+    assert "1 new" in second, (first, second)
+    assert stored_chunks(platform) == before + 1
+    total = int(first.split("package: ")[1].split(" chunks")[0])
+    assert total >= 3
+    with platform.http() as http:
+        assert http.post("/function/pkg-big").json() == {"value": "second"}
+
+
+def test_a_package_with_a_path_escaping_the_tree_is_refused_naming_it(platform: Platform) -> None:
+    raw = b"name: evil\nx = 1\n"
+    chunk = compress(Codec.ZSTD, raw)
+    entries = [
+        FileEntry("nest.yaml", 0o644, 11, 0, 0, hashlib.sha256(raw[:11]).hexdigest()),
+        FileEntry("../evil.py", 0o644, 6, 0, 11, hashlib.sha256(raw[11:]).hexdigest()),
+    ]
+    manifest = {
+        "format": 1,
+        "codec": "zstd",
+        "chunks": [{"digest": hashlib.sha256(chunk).hexdigest(), "size": len(chunk), "raw_size": len(raw)}],
+        "files": [
+            {"path": e.path, "mode": e.mode, "size": e.size, "chunk": 0, "offset": e.offset, "digest": e.digest}
+            for e in entries
+        ],
+        "links": [],
+    }
+    body = pack_bundle(json.dumps(manifest).encode(), [chunk])
+    with platform.http() as http:
+        response = http.put("/api/v1/functions/evil", content=body)
+    assert response.status_code == 400
+    assert "../evil.py: escapes the package directory" in response.json()["reason"]
+    assert not (platform.data_dir / "chunks" / "objects" / manifest["chunks"][0]["digest"][:2]).exists()  # type: ignore[index]
+
+
+def test_the_code_store_serves_manifests_and_chunk_ranges(platform: Platform) -> None:
+    with_lib(platform, "pkg-range")
+    directory = platform.write_function("pkg-range", CODE, files={"lib/helper.py": "VALUE = 3\n"})
+    built = build_chunked(directory, codec=Codec.ZSTD)
+    platform.cli("deploy", str(directory))
+    chunk = built.manifest.chunks[0]
+    with platform.http() as http:
+        manifest = http.get(f"/api/v1/code/manifests/{built.manifest.digest}")
+        assert hashlib.sha256(manifest.content).hexdigest() == built.manifest.digest
+        part = http.get(f"/api/v1/code/chunks/{chunk.digest}", headers={"range": "bytes=0-9"})
+        assert part.status_code == 206
+        assert part.content == built.chunks[0][:10]
+        assert http.get(f"/api/v1/code/chunks/{'0' * 64}").status_code == 404
+        assert http.get("/api/v1/code/chunks/..%2F..%2Fstate.db").status_code == 404
