@@ -2,8 +2,9 @@
 
 Each tick it calls `nest.metrics.v1.Metrics/Collect` on every replica at once, each call with its own deadline,
 and sums the answers per version. A replica that fails (down, too slow, a malformed reply) is skipped for that
-tick: the decision goes ahead on the replicas that answered, and `answered` says how many did. A failing
-replica is logged once when it starts failing and once when it answers again, not on every tick.
+tick: the decision goes ahead on the replicas that answered, and `answered` says how many did (none answering
+raises `Unavailable` rather than reporting no traffic). A failing replica is logged once when it starts failing
+and once when it answers again, not on every tick.
 
 The protocol and the collector-id rules are in `nest/api/metrics.proto`; the server half is
 `gateway/metrics_service.py`. This module is async I/O only; the adding-up (`aggregate`) is pure.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from nest.api._generated import metrics_pb2
+from nest.contracts.errors import Unavailable
 from nest.contracts.ids import FunctionName, VersionId
 from nest.contracts.model import VersionKey, VersionTraffic
 
@@ -80,12 +82,15 @@ class GrpcMetricsSource:
     async def collect(self, now: float) -> list[VersionTraffic]:
         """One interval per version, summed over the replicas that answered within the deadline.
 
+        Raises `Unavailable` when none answered: an empty list would read as "no traffic" and scale down.
         `now` is unused: each gateway measures its intervals with its own clock.
         """
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self._collect_one(address)) for address in self.addresses]
         replies = [reply for task in tasks if (reply := task.result()) is not None]
         self.answered = len(replies)
+        if not replies:
+            raise Unavailable(f"no gateway replica answered the metrics call ({len(self.addresses)} tried)")
         return aggregate(replies)
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from autoscaler.remote import GrpcMetricsSource, aggregate
 from gateway.metrics_service import SERVICE, MetricsServer, TrafficLedger
 from gateway.routing import RoutingTable
 from nest.api._generated import metrics_pb2
+from nest.contracts.errors import Unavailable
 from nest.contracts.ids import FunctionName, VersionId
 from nest.contracts.model import Route, VersionKey, VersionTraffic
 
@@ -179,7 +180,7 @@ async def test_a_replica_slower_than_the_deadline_is_skipped(
         await slow.stop(0)
 
 
-async def test_a_malformed_reply_skips_that_replica(
+async def test_a_malformed_reply_skips_that_replica_and_none_answering_is_an_error_not_zero_traffic(
     tmp_path: Path, sources: Callable[..., GrpcMetricsSource], caplog: pytest.LogCaptureFixture
 ) -> None:
     async def negative(request: metrics_pb2.CollectRequest, context: object) -> metrics_pb2.CollectResponse:
@@ -189,7 +190,8 @@ async def test_a_malformed_reply_skips_that_replica(
     broken = await _serve(f"unix:{tmp_path}/broken.sock", negative)
     try:
         source = sources([f"unix:{tmp_path}/broken.sock"])
-        assert await source.collect(0.0) == []
+        with pytest.raises(Unavailable, match=r"no gateway replica answered the metrics call \(1 tried\)"):
+            await source.collect(0.0)
         assert source.answered == 0
         assert "malformed reply: hello@abc in_flight is -3" in caplog.text
     finally:
