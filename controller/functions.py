@@ -67,6 +67,7 @@ def route_of(key: VersionKey, manifest: Manifest) -> Route:
         methods=frozenset(manifest.http.methods),
         paths=tuple(manifest.http.paths),
         debug=manifest.debug,
+        async_spec=manifest.async_.spec(),
     )
 
 

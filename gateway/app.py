@@ -17,22 +17,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api import ControlApi
-from gateway.errors import error_body, status_of
+from gateway.errors import error_body, retry_after_of, status_of
 from nest.contracts.errors import NestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
     from starlette.requests import Request
+    from starlette.routing import BaseRoute
     from starlette.types import Receive, Scope, Send
 
     from gateway.ports import ControlPlane
     from gateway.proxy import FunctionProxy
     from gateway.routing import RoutingTable
 
-STARLETTE_PREFIXES = ("/api/", "/metrics", "/healthz", "/readyz")
+STARLETTE_PREFIXES = ("/api/", "/metrics", "/healthz", "/readyz", "/async-function/", "/2015-03-31/")
 
 
 class GatewayApp:
@@ -46,6 +47,7 @@ class GatewayApp:
         registry: CollectorRegistry,
         ready: Callable[[], bool],
         max_package_bytes: int = 256 * 1024**2,
+        extra_routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.proxy = proxy
         self.registry = registry
@@ -55,6 +57,7 @@ class GatewayApp:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
+            *extra_routes,
         ]
         self.starlette = Starlette(routes=routes, exception_handlers={NestError: _nest_error})
 
@@ -79,7 +82,9 @@ class GatewayApp:
 async def _nest_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NestError)
     function = request.path_params.get("name")
-    return JSONResponse(error_body(exc, function=function), status_code=status_of(exc))
+    retry_after = retry_after_of(exc)
+    headers = {"retry-after": retry_after} if retry_after is not None else None
+    return JSONResponse(error_body(exc, function=function), status_code=status_of(exc), headers=headers)
 
 
 class GatewayCollector:

@@ -19,6 +19,7 @@ from nest.contracts.errors import (
     NestError,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unavailable,
 )
 
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: tuple[tuple[type[NestError], int], ...] = (
     (InvalidInput, 400),
     (NotFound, 404),
     (Conflict, 409),
+    (TooManyRequests, 429),
     (Unavailable, 503),
     (DeadlineExceeded, 504),
     (FunctionInitFailed, 502),
@@ -53,6 +55,15 @@ def status_of(error: NestError) -> int:
     return 500
 
 
+def retry_after_of(error: NestError) -> str | None:
+    """The `Retry-After` value (whole seconds) an error answers with, if any."""
+    if isinstance(error, TooManyRequests):
+        return str(max(1, round(error.retry_after_s)))
+    if isinstance(error, Unavailable):
+        return "1"
+    return None
+
+
 def error_body(error: NestError, *, function: str | None = None, invocation_id: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "error": error.code,
@@ -74,7 +85,8 @@ async def send_error(
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     if invocation_id:
         headers.append((b"x-nest-invocation-id", invocation_id.encode()))
-    if isinstance(error, Unavailable):
-        headers.append((b"retry-after", b"1"))
+    retry_after = retry_after_of(error)
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "http.response.start", "status": status_of(error), "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -79,6 +79,51 @@ class NestClient:
         suffix = path if not path or path.startswith("/") else f"/{path}"
         return self._request(method, f"/function/{name}{suffix}", content=body, headers=headers or {})
 
+    def invoke_async(
+        self,
+        name: str,
+        *,
+        method: str = "POST",
+        path: str = "",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Submit an async invocation; the answer holds `call_id` once the task is durably stored."""
+        suffix = path if not path or path.startswith("/") else f"/{path}"
+        result: dict[str, Any] = self._json(method, f"/async-function/{name}{suffix}", content=body, headers=headers)
+        return result
+
+    def invocation(self, call_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/api/v1/invocations/{call_id}")
+        return result
+
+    def invocations(self, *, function: str | None = None, status: str | None = None, limit: int = 50) -> list[Any]:
+        params = (
+            {"limit": str(limit)}
+            | ({"function": function} if function else {})
+            | ({"status": status} if status else {})
+        )
+        result: list[Any] = self._json("GET", "/api/v1/invocations", params=params)["invocations"]
+        return result
+
+    def cancel_invocation(self, call_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("DELETE", f"/api/v1/invocations/{call_id}")
+        return result
+
+    def redrive(self, call_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/api/v1/invocations/{call_id}/redrive")
+        return result
+
+    def async_control(self, name: str, action: str) -> dict[str, Any]:
+        """`pause`, `resume` (POST) or `tasks` (DELETE: cancel every waiting task)."""
+        method = "DELETE" if action == "tasks" else "POST"
+        result: dict[str, Any] = self._json(method, f"/api/v1/functions/{name}/async/{action}")
+        return result
+
+    def purge_dead(self, function: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("DELETE", "/api/v1/dlq", params={"function": function} if function else {})
+        return result
+
     def logs(self, name: str, *, tail: int, follow: bool) -> Iterator[dict[str, Any]]:
         params = {"tail": str(tail), "follow": "true" if follow else "false"}
         timeout = httpx.Timeout(60, connect=5, read=None if follow else 60)

@@ -91,6 +91,7 @@ class Dispatcher:
         self._rates: dict[str, aimd.AimdState] = {}
         self._fair = FairState()
         self._wake = asyncio.Event()
+        self._stopping = False
         self.running: Counter[str] = Counter()
         """Tasks running now, per function."""
         self._backlog: dict[str, int] = {}
@@ -99,9 +100,14 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Start no more tasks; `run` returns once the running ones are settled."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
-            while True:
+            while not self._stopping:
                 self._wake.clear()
                 try:
                     started = await self.dispatch_round(group)

@@ -341,6 +341,13 @@ class SqliteTaskQueue:
         )
         return await self._run(lambda db: db.execute(query, (now, function)).rowcount)
 
+    async def purge_dead(self, function: str | None) -> int:
+        """Delete dead-lettered and expired tasks (of one function, or all); how many."""
+        query = "DELETE FROM tasks WHERE status IN ('dead_lettered', 'expired')"
+        if function is None:
+            return await self._run(lambda db: db.execute(query).rowcount)
+        return await self._run(lambda db: db.execute(query + " AND function = ?", (function,)).rowcount)
+
     async def redrive(self, task_id: str, *, now: float) -> Task:
         def work(db: sqlite3.Connection) -> Task:
             row = db.execute(

@@ -7,6 +7,8 @@ nest deploy hello            validate, package, upload; prints the URL and versi
 nest invoke hello --data '{"name": "x"}'
 nest ls | describe NAME | logs NAME [-f] | delete NAME     (read verbs take -o json)
 nest schema                  the JSON Schema of nest.yaml
+nest invoke hello --async [--id KEY] [--delay 30s] [--priority 5]     queue it; prints the call id
+nest tasks ls|show|cancel ; nest async pause|resume|clear NAME ; nest dlq ls|show|redrive|purge
 nest scale simulate --trace FILE [--policy nest|kpa|keepalive-10m|static-N]   replay a trace locally
 ```
 """
@@ -29,6 +31,7 @@ from rich.table import Table
 
 from nest.cli.packaging import PackagingError, build_package
 from nest.cli.scale import scale_app
+from nest.cli.tasks import async_app, dlq_app, tasks_app
 from nest.cli.templates import HANDLERS, render
 from nest.client import DEFAULT_URL, ClientError, NestClient
 from nest.contracts.errors import InvalidInput
@@ -37,6 +40,9 @@ from nest.contracts.pools import PoolSettings, PoolsFileError, parse_pools
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
 app.add_typer(scale_app, name="scale")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(async_app, name="async")
+app.add_typer(dlq_app, name="dlq")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -227,15 +233,35 @@ def invoke(
     path: Annotated[str, typer.Option(help="Sub-path after /function/NAME")] = "",
     header: Annotated[list[str] | None, typer.Option("--header", "-H", help="K:V, repeatable")] = None,
     include: Annotated[bool, typer.Option("--include", "-i", help="Print status and headers")] = False,
+    run_async: Annotated[
+        bool, typer.Option("--async", help="Queue it; print the call id (nest tasks show ID)")
+    ] = False,
+    call_key: Annotated[str | None, typer.Option("--id", help="Idempotency key for --async")] = None,
+    delay: Annotated[str | None, typer.Option(help="With --async: run no earlier than this, e.g. 30s")] = None,
+    priority: Annotated[int | None, typer.Option(min=0, max=9, help="With --async: 0 (default) to 9")] = None,
     url: UrlOption = None,
 ) -> None:
-    """Call a function over HTTP and print its answer."""
+    """Call a function over HTTP and print its answer (or, with --async, queue it and print its call id)."""
     headers: dict[str, str] = {}
     for item in header or []:
         key, sep, value = item.partition(":")
         if not sep:
             fail(f"--header {item!r} is not K:V")
         headers[key.strip()] = value.strip()
+    if run_async:
+        extra = {"Idempotency-Key": call_key, "X-Nest-Delay": delay, "X-Nest-Priority": priority}
+        headers |= {key: str(value) for key, value in extra.items() if value is not None}
+        try:
+            print_json(
+                client_for(url).invoke_async(
+                    name, method=method.upper(), path=path, body=_read_data(data), headers=headers
+                )
+            )
+        except ClientError as exc:
+            fail(str(exc))
+        return
+    if call_key or delay or priority is not None:
+        fail("--id, --delay and --priority only apply with --async")
     try:
         response = client_for(url).invoke(
             name, method=method.upper(), path=path, body=_read_data(data), headers=headers

@@ -6,6 +6,7 @@ NestError
     PayloadTooLarge(limit_bytes)     -> 413
   NotFound(kind, name)               -> 404
   Conflict(kind, name, problem)      -> 409
+  TooManyRequests(reason, retry_after_s) -> 429   backpressure: a function's async backlog is full
   Unavailable(reason)                -> 503   NoCapacity, BufferFull, Draining
     BufferFull
     Draining
@@ -74,6 +75,17 @@ class Conflict(NestError):
         super().__init__(f"{kind} {name!r}: {problem}")
         self.kind = kind
         self.name = name
+
+
+class TooManyRequests(NestError):
+    """The caller should slow down: retry after `retry_after_s` seconds (sent as `Retry-After`)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, reason: str, *, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(NestError):

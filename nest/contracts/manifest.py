@@ -34,7 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from nest.contracts.errors import InvalidInput
 from nest.contracts.ids import FunctionName
-from nest.contracts.model import ScalingSchedule, ScalingSpec
+from nest.contracts.model import AsyncSpec, Destination, ScalingSchedule, ScalingSpec
 
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 63
@@ -209,6 +209,55 @@ class Scaling(_Strict):
         return self
 
 
+class DestinationModel(_Strict):
+    """`async.on_success` / `async.on_failure`: exactly one of `function`, `webhook` or `nats`."""
+
+    function: str | None = Field(None, description="Another function, invoked asynchronously with the record.")
+    webhook: str | None = Field(None, description="An http(s) URL the record is POSTed to, signed (Standard Webhooks).")
+    nats: str | None = Field(None, description="A NATS subject the record is published on.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DestinationModel:
+        given = [name for name in ("function", "webhook", "nats") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of function, webhook or nats (got {', '.join(given) or 'none'})")
+        if self.webhook and not re.match(r"^https?://[^\s/]+", self.webhook):
+            raise ValueError(f"webhook {self.webhook!r} is not an http(s) URL")
+        if self.function:
+            validate_name(self.function)
+        return self
+
+    def destination(self) -> Destination:
+        return Destination(function=self.function, webhook=self.webhook, nats=self.nats)
+
+
+class Async(_Strict):
+    """`async:` how asynchronous invocations of the function are queued, retried and delivered."""
+
+    concurrency: int = Field(10, ge=1, le=10_000, description="Tasks of this function running at once.")
+    max_retries: int = Field(2, ge=0, le=100, description="Retries after a retryable failure (Lambda: 2).")
+    max_event_age: Duration = Field(
+        6 * 3600.0, ge=1, le=7 * 86400, description="A task older than this when picked is dead-lettered (expired)."
+    )
+    max_backlog: int = Field(
+        100_000, ge=1, le=10_000_000, description="Waiting tasks above which submissions get 429 (backpressure)."
+    )
+    max_body: Size = Field(1024 * 1024, ge=1, le=100 * 1000**2, description="Largest async request body.")
+    on_success: DestinationModel | None = Field(None, description="Where successful results go.")
+    on_failure: DestinationModel | None = Field(None, description="Where dead-lettered or expired tasks go.")
+
+    def spec(self) -> AsyncSpec:
+        return AsyncSpec(
+            concurrency=self.concurrency,
+            max_retries=self.max_retries,
+            max_event_age_s=self.max_event_age,
+            max_backlog=self.max_backlog,
+            max_body_bytes=self.max_body,
+            on_success=self.on_success.destination() if self.on_success else None,
+            on_failure=self.on_failure.destination() if self.on_failure else None,
+        )
+
+
 class Package(_Strict):
     """`package:` how `nest deploy` builds the code package (see nest/contracts/chunks.py)."""
 
@@ -267,6 +316,7 @@ class Manifest(_Strict):
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)
     package: Package = Field(default_factory=Package)  # type: ignore[arg-type]
+    async_: Async = Field(default_factory=Async, alias="async")  # type: ignore[arg-type]
 
     @field_validator("name")
     @classmethod

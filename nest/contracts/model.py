@@ -72,6 +72,35 @@ class ScalingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    """Where an async result goes: exactly one of another function, a webhook URL, or a NATS subject."""
+
+    function: str | None = None
+    webhook: str | None = None
+    nats: str | None = None
+
+    def __str__(self) -> str:
+        if self.function:
+            return f"function:{self.function}"
+        return f"webhook:{self.webhook}" if self.webhook else f"nats:{self.nats}"
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncSpec:
+    """How one function's async invocations behave. Built from `nest.yaml` `async:`; durations in seconds."""
+
+    concurrency: int = 10
+    """Tasks of this function the dispatcher runs at once."""
+    max_retries: int = 2
+    max_event_age_s: float = 6 * 3600.0
+    max_backlog: int = 100_000
+    """Waiting tasks above which submissions get 429 with Retry-After (backpressure)."""
+    max_body_bytes: int = 1024 * 1024
+    on_success: Destination | None = None
+    on_failure: Destination | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What the gateway needs to serve one function: its live version and per-request limits."""
 
@@ -84,6 +113,7 @@ class Route:
     paths: tuple[str, ...] = ()
     """Extra gateway paths that reach this function: exact (`/hello`) or prefix (`/api/*`)."""
     debug: bool = False
+    async_spec: AsyncSpec = field(default_factory=AsyncSpec)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,10 @@ from controller.functions import FunctionService, ServiceConfig
 from controller.pooling import PoolCollector
 from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
+from gateway.asyncq.api import AsyncApi, RouteCatalog
+from gateway.asyncq.dispatcher import Dispatcher
+from gateway.asyncq.invoking import ProxyInvoker
+from gateway.asyncq.sqlite import SqliteTaskQueue
 from gateway.metrics_service import MetricsServer, TrafficLedger
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
@@ -37,6 +43,8 @@ from gateway.upstream import UpstreamPool
 from nest.contracts.pools import PoolsFileError, parse_pools
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from autoscaler.ports import MetricsSource, ScaleTarget
     from controller.backends.base import Backend
     from controller.ports import RoutePublisher
@@ -83,19 +91,7 @@ async def run(config: EmbeddedConfig) -> None:
     pool = UpstreamPool()
     table.on_endpoint_removed = pool.drop
     registry = CollectorRegistry()
-    start_seconds = Histogram(
-        "nest_instance_start_seconds",
-        "Instance start, by phase (spawn: to a running process; init: the runtime's start-up)",
-        ["phase"],
-        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
-        registry=registry,
-    )
-
-    def observe_start(phases: tuple[tuple[str, float], ...]) -> None:
-        for phase, ms in phases:
-            start_seconds.labels(phase).observe(ms / 1000)
-
-    fleet = Fleet(table, on_start_phases=observe_start)
+    fleet = Fleet(table, on_start_phases=start_phases_histogram(registry))
     local = local_backend(config, data_dir, fleet, registry)
     backend: Backend = local
     metrics, metrics_server = gateway_metrics(config, table)
@@ -117,14 +113,75 @@ async def run(config: EmbeddedConfig) -> None:
     registry.register(GatewayCollector(table))
     state = {"ready": False}
     proxy = FunctionProxy(table, pool, ProxyConfig(activation_timeout_s=config.activation_timeout_s))
+    tasks, dispatcher, async_api = await async_invocations(data_dir, table, proxy)
     app = GatewayApp(
         proxy=proxy,
         control=service,
         registry=registry,
         ready=lambda: state["ready"],
         max_package_bytes=config.max_package_bytes,
+        extra_routes=async_api.routes(),
     )
-    server = uvicorn.Server(
+    server = gateway_server(config, app)
+    try:
+        if metrics_server is not None:
+            await metrics_server.start()  # a taken port fails `nest up` here, before anything runs
+        async with asyncio.TaskGroup() as group:
+            background = [
+                group.create_task(backend.run(), name="backend"),
+                group.create_task(fleet.run(), name="fleet"),
+                group.create_task(autoscaler.run(), name="autoscaler"),
+            ]
+            dispatching = group.create_task(dispatcher.run(), name="dispatcher")
+            if metrics_server is not None:
+                background.append(group.create_task(metrics_server.run(), name="metrics-grpc"))
+            await service.load()
+            if config.pools_file is not None:
+                watch_pools_file(config.pools_file, local, group)
+            state["ready"] = True
+            logger.info("Nest data directory: %s", data_dir)
+            await server.serve()
+            state["ready"] = False
+            await drain(config, dispatcher, dispatching, fleet)
+            for task in background:
+                task.cancel()
+        logger.info("background stopped")
+    finally:
+        pool.close()
+        await tasks.close()
+        await store.close()
+        logger.info("state closed")
+
+
+async def drain(config: EmbeddedConfig, dispatcher: Dispatcher, dispatching: asyncio.Task[None], fleet: Fleet) -> None:
+    """After the gateway stopped taking requests: running async tasks finish and are settled, then instances stop."""
+    dispatcher.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(dispatching), config.drain_timeout_s)
+    dispatching.cancel()
+    logger.info("draining: stopping every instance")
+    await fleet.shutdown(grace_s=config.drain_timeout_s)
+
+
+def start_phases_histogram(registry: CollectorRegistry) -> Callable[[tuple[tuple[str, float], ...]], None]:
+    """`nest_instance_start_seconds{phase}`, fed with each started instance's phases (milliseconds)."""
+    start_seconds = Histogram(
+        "nest_instance_start_seconds",
+        "Instance start, by phase (spawn: to a running process; init: the runtime's start-up)",
+        ["phase"],
+        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+        registry=registry,
+    )
+
+    def observe_start(phases: tuple[tuple[str, float], ...]) -> None:
+        for phase, ms in phases:
+            start_seconds.labels(phase).observe(ms / 1000)
+
+    return observe_start
+
+
+def gateway_server(config: EmbeddedConfig, app: GatewayApp) -> uvicorn.Server:
+    return uvicorn.Server(
         uvicorn.Config(
             app,
             host=config.host,
@@ -140,33 +197,17 @@ async def run(config: EmbeddedConfig) -> None:
             timeout_graceful_shutdown=int(config.drain_timeout_s),
         )
     )
-    try:
-        if metrics_server is not None:
-            await metrics_server.start()  # a taken port fails `nest up` here, before anything runs
-        async with asyncio.TaskGroup() as group:
-            background = [
-                group.create_task(backend.run(), name="backend"),
-                group.create_task(fleet.run(), name="fleet"),
-                group.create_task(autoscaler.run(), name="autoscaler"),
-            ]
-            if metrics_server is not None:
-                background.append(group.create_task(metrics_server.run(), name="metrics-grpc"))
-            await service.load()
-            if config.pools_file is not None:
-                watch_pools_file(config.pools_file, local, group)
-            state["ready"] = True
-            logger.info("Nest data directory: %s", data_dir)
-            await server.serve()
-            state["ready"] = False
-            logger.info("draining: stopping every instance")
-            await fleet.shutdown(grace_s=config.drain_timeout_s)
-            for task in background:
-                task.cancel()
-        logger.info("background stopped")
-    finally:
-        pool.close()
-        await store.close()
-        logger.info("state closed")
+
+
+async def async_invocations(
+    data_dir: Path, table: RoutingTable, proxy: FunctionProxy
+) -> tuple[SqliteTaskQueue, Dispatcher, AsyncApi]:
+    """The durable task queue (SQLite, next to the state), its dispatcher and the async API."""
+    tasks = SqliteTaskQueue(data_dir / "tasks.db")
+    await tasks.open()
+    catalog = RouteCatalog(table.routes)
+    dispatcher = Dispatcher(tasks, ProxyInvoker(proxy), catalog, owner=f"{socket.gethostname()}-{os.getpid()}")
+    return tasks, dispatcher, AsyncApi(tasks, catalog, wake=dispatcher.wake)
 
 
 def _local_host(host: str) -> str:
