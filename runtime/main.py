@@ -21,6 +21,7 @@ import uvicorn
 import uvloop
 
 from nest.contracts.errors import InvalidInput
+from runtime.archive import install as install_archive, is_archive
 from runtime.fetch import FetchError, HttpChunkSource
 from runtime.limits import die_with_parent, limit_memory
 from runtime.loading import LoadError, load_handler
@@ -82,17 +83,39 @@ class _Server(uvicorn.Server):
 
 
 def _materialise(config: RuntimeConfig) -> dict[str, float]:
-    """Fetch and unpack the code package into the node cache unless it is there: `{fetch_ms, unpack_ms}` of the
-    work done (nothing on a cache hit). The fetch modules and codecs are imported at the top, so the zygote has
-    them: importing them here cost a forked instance ~15 ms on a version's first start on the node."""
-    if not config.package or os.path.isdir(config.code_dir):
+    """Fetch and unpack the code package into the node cache unless it is there, and put an archive's importer
+    in place: `{fetch_ms, unpack_ms}` of the work done (nothing on a cache hit). The fetch modules and codecs are
+    imported at the top so that the zygote has them: importing them here cost a forked instance ~15 ms."""
+    if not config.package:
         return {}
+    phases: dict[str, float] = {}
     try:
-        with HttpChunkSource(config.code_url) as source:
-            done = ensure_package(Path(config.code_dir), config.package, source)
+        if not os.path.isdir(config.code_dir):
+            with HttpChunkSource(config.code_url) as source:
+                done = ensure_package(Path(config.code_dir), config.package, source)
+            phases = {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
+        if is_archive(config.code_dir):
+            install_archive(config.code_dir)
     except (FetchError, InvalidInput, OSError) as exc:
         raise LoadError("PackageError", f"code package {config.package[:12]}: {exc}", "") from None
-    return {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
+    return phases
+
+
+def server_config(app: Any, config: RuntimeConfig) -> uvicorn.Config:
+    """uvicorn's settings for an instance (the zygote's start-up rehearsal uses them too)."""
+    return uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="on" if config.style == "asgi" else "off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=300,
+        timeout_graceful_shutdown=int(config.timeout_s) + 1,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+    )
 
 
 def run(config: RuntimeConfig) -> int:
@@ -114,19 +137,7 @@ def run(config: RuntimeConfig) -> int:
         _report(config.status_fd, error.as_status())
         return EXIT_INIT_FAILED
     app = InvocationApp(config, handler, sink)
-    uv_config = uvicorn.Config(
-        app,
-        loop="none",
-        http="httptools",
-        lifespan="on" if config.style == "asgi" else "off",
-        access_log=False,
-        log_level="warning",
-        timeout_keep_alive=300,
-        timeout_graceful_shutdown=int(config.timeout_s) + 1,
-        log_config=None,
-        server_header=False,
-        date_header=False,
-    )
+    uv_config = server_config(app, config)
 
     def ready() -> None:
         init_ms = round((time.monotonic() - started) * 1000, 1)
