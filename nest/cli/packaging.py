@@ -18,7 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nest.contracts.chunks import ChunkRef, Codec, FileEntry, LinkEntry, PackageManifest, compress, layout, pack_bundle
+from nest.contracts.chunks import (
+    ChunkRef,
+    Codec,
+    FileEntry,
+    Layout,
+    LinkEntry,
+    PackageManifest,
+    compress,
+    layout as chunk_layout,
+    pack_bundle,
+)
 from nest.contracts.manifest import MANIFEST_FILE, parse_manifest
 
 MAX_PACKAGE_BYTES = 256 * 1024**2
@@ -81,7 +91,7 @@ class BuiltPackage:
         return pack_bundle(self.manifest.to_bytes(), self.chunks)
 
 
-def build_chunked(directory: Path, *, codec: Codec, threads: int = 4) -> BuiltPackage:
+def build_chunked(directory: Path, *, codec: Codec, layout: Layout = Layout.TREE, threads: int = 4) -> BuiltPackage:
     """The package of `directory`: files laid out in chunks, each chunk compressed in a thread."""
     files: list[tuple[str, bytes, int]] = []
     links: list[LinkEntry] = []
@@ -93,7 +103,7 @@ def build_chunked(directory: Path, *, codec: Codec, threads: int = 4) -> BuiltPa
         else:
             mode = 0o755 if os.access(path, os.X_OK) else 0o644
             files.append((relative, path.read_bytes(), mode))
-    places, sizes = layout([(relative, len(content)) for relative, content, _ in files])
+    places, sizes = chunk_layout([(relative, len(content)) for relative, content, _ in files])
     stream = b"".join(content for _, content, _ in files)
     raws, position = [], 0
     for size in sizes:
@@ -109,7 +119,7 @@ def build_chunked(directory: Path, *, codec: Codec, threads: int = 4) -> BuiltPa
         FileEntry(relative, mode, len(content), chunk, offset, hashlib.sha256(content).hexdigest())
         for (relative, content, mode), (chunk, offset) in zip(files, places, strict=True)
     )
-    return BuiltPackage(PackageManifest(codec, refs, entries, tuple(links)), chunks)
+    return BuiltPackage(PackageManifest(codec, refs, entries, tuple(links), layout), chunks)
 
 
 def build_package(directory: Path, *, max_bytes: int = MAX_PACKAGE_BYTES, codec: Codec | None = None) -> bytes:
@@ -117,9 +127,9 @@ def build_package(directory: Path, *, max_bytes: int = MAX_PACKAGE_BYTES, codec:
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackagingError(f"{directory}: no nest.yaml here (create one with `nest init`)")
-    if codec is None:
-        codec = Codec(parse_manifest(manifest_path.read_bytes()).package.codec)
-    data = build_chunked(directory, codec=codec).bundle()
+    settings = parse_manifest(manifest_path.read_bytes()).package
+    codec = codec or Codec(settings.codec)
+    data = build_chunked(directory, codec=codec, layout=Layout(settings.layout)).bundle()
     if len(data) > max_bytes:
         raise PackagingError(f"the package is larger than {max_bytes // 1024**2} MiB; add a .nestignore")
     return data
