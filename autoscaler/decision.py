@@ -110,20 +110,21 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     found = Demand.of(spec, windows, in_flight=seen.in_flight, queued=seen.queued, now=now, tick_s=tick_s)
     stable = found.stable(spec)
     trigger = found.panic_trigger(spec, max(1, seen.ready if seen.ready is not None else seen.current))
-    mode, state, note = _mode(spec, state, trigger=trigger, stable=stable, current=seen.current, now=now)
+    idle_s = now - state.last_active if state.last_active is not None else math.inf
+    idle = not active and idle_s >= spec.scale_to_zero_grace_s
+    calm = f"idle {idle_s:.0f} s ≥ scale_to_zero_grace" if idle else ""
+    mode, state, note = _mode(spec, state, trigger=trigger, stable=stable, calm=calm, now=now, current=seen.current)
     want = max(found.panicking(spec), stable, key=lambda item: item.count) if mode is Mode.PANIC else stable
     if seen.poked and want.count == 0:
         want = Want(1, Metric.QUEUE, "a request waits for an instance → 1")
-    idle_s = now - state.last_active if state.last_active is not None else math.inf
-    if mode is Mode.STABLE and idle_s >= spec.scale_to_zero_grace_s:
+    if mode is Mode.STABLE and idle:
         want = Want(0, Metric.NONE, f"idle {idle_s:.0f} s")
+    desired, why, state = _delay(spec, state, want, now=now)
     if mode is Mode.PANIC:
-        desired = max(want.count, state.panic_held, seen.current)
+        desired = max(desired, state.panic_held, seen.current)
         state = replace(state, panic_held=desired)
         why = f"{note} → {desired}" if note else f"panic: holds {desired}, no scale-down while panicking"
         why = why if want.count >= desired else f"{why} ({want.detail})"
-    else:
-        desired, why, state = _delay(spec, state, want, now=now)
     desired, why = _rates(spec, desired, why or want.detail, current=seen.current)
     desired, why = _idle(spec, desired, why, current=seen.current, idle_s=idle_s)
     desired, why = _restarted(spec, state, desired, why, now=now)
@@ -134,7 +135,8 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     if opening and desired == opening_count and want.count < opening_count:
         why = opening
     if seen.current == 0 and desired > 0 and active:
-        why = f"activate: {max(seen.queued, 1)} request(s) waiting, 0 instances → {desired} ({want.detail})"
+        waiting = seen.in_flight + seen.queued or 1
+        why = f"activate: {waiting} request(s) waiting, 0 instances → {desired} ({want.detail})"
     if note and mode is Mode.STABLE:
         why = f"{note}; {why}"
     metric = want.metric if want.count > 0 else Metric.NONE
@@ -162,9 +164,10 @@ def _begin(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
 
 
 def _mode(
-    spec: ScalingSpec, state: ScalerState, *, trigger: str, stable: Want, current: int, now: float
+    spec: ScalingSpec, state: ScalerState, *, trigger: str, stable: Want, calm: str, current: int, now: float
 ) -> tuple[Mode, ScalerState, str]:
-    """Enter panic on the trigger; leave after a quiet stable window, or once the stable window has caught up."""
+    """Enter panic on the trigger; leave after a quiet stable window, once the stable window has caught up, or
+    when the version has been idle for the grace (`calm`: nothing is left to protect)."""
     if trigger:
         panic_held = state.panic_held if state.panic_last is not None else current
         return Mode.PANIC, replace(state, panic_last=now, panic_held=panic_held), trigger
@@ -175,6 +178,8 @@ def _mode(
         note = f"panic over: no panic condition for {quiet_s:.0f} s ≥ stable window {spec.stable_window_s:g} s"
     elif stable.count >= state.panic_held:
         note = f"panic over: the stable window wants {stable.count} ≥ {state.panic_held} held in panic"
+    elif calm:
+        note = f"panic over: {calm}"
     else:
         return Mode.PANIC, state, ""
     # What panic held stays a recommendation made now: the scale-down delay still applies to it.
@@ -184,8 +189,7 @@ def _mode(
 
 def _delay(spec: ScalingSpec, state: ScalerState, want: Want, *, now: float) -> tuple[int, str, ScalerState]:
     """Up at once; down only to the highest recommendation within `scale_down_delay_s` ("" = the metric's count)."""
-    horizon = now - spec.scale_down_delay_s
-    kept = tuple(item for item in state.recommendations if item[0] > horizon)
+    kept = tuple(item for item in state.recommendations if now - item[0] < spec.scale_down_delay_s)
     recommendations = (*kept, (now, want.count))
     held = max(count for _, count in recommendations)
     state = replace(state, recommendations=recommendations)

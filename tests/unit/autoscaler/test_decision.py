@@ -1,135 +1,290 @@
+"""`decide`, one reason at a time: a table of scenarios, each ending in the decision it must explain."""
+
 from __future__ import annotations
 
-from hypothesis import example, given, settings, strategies as st
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from autoscaler.decision import Observation, ScalerState, decide
-from nest.contracts.model import ScalingSpec
+import pytest
 
-SPEC = ScalingSpec(
-    min=0, max=10, target_concurrency=10, utilization=0.7, scale_down_delay_s=30, scale_to_zero_grace_s=60
-)
+from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
+from autoscaler.spec import Metric
+from nest.contracts.model import ScalingSchedule, ScalingSpec
+
+T0 = 1_800_000_000.0
+MiB = 1024**2
+STARTED = ScalerState(started=True)
 
 
-def observe(concurrency: float = 0.0, *, in_flight: int = 0, queued: int = 0, completed: int = 0, current: int = 0):
-    return Observation(concurrency, in_flight, queued, completed, current)
+def seen(
+    concurrency: float = 0.0,
+    *,
+    in_flight: int | None = None,
+    queued: int = 0,
+    completed: int = 0,
+    current: int = 0,
+    interval_s: float = 1.0,
+    **extra: float,
+) -> Observation:
+    """An interval's traffic; in flight defaults to the concurrency, as for a steady load."""
+    flight = round(concurrency) if in_flight is None else in_flight
+    active = completed or (5 if flight else 0)
+    return Observation(concurrency, flight, queued, active, current, interval_s=interval_s, **extra)  # type: ignore[arg-type]
 
 
-def run(spec: ScalingSpec, steps: list[tuple[float, Observation]]) -> list[int]:
-    state, desired = ScalerState(), []
-    for now, seen in steps:
-        decision = decide(spec, state, seen, now)
+def run(spec: ScalingSpec, steps: list[tuple[float, Observation]], state: ScalerState = STARTED) -> list[Decision]:
+    decisions = []
+    for offset, observation in steps:
+        decision = decide(spec, state, observation, T0 + offset)
         state = decision.state
-        desired.append(decision.desired)
-    return desired
+        decisions.append(decision)
+    return decisions
 
 
-def test_desired_is_concurrency_over_seventy_percent_of_the_target() -> None:
-    decision = decide(SPEC, ScalerState(), observe(14.5, in_flight=14, completed=20, current=1), 0.0)
-    assert decision.desired == 3  # 14.5 / 7 = 2.07 -> 3
-    assert decision.reason == "up: concurrency 14.5 / (10 × 0.7) → 3"
+@dataclass(frozen=True)
+class Case:
+    name: str
+    steps: list[tuple[float, Observation]]
+    desired: int
+    reason: str
+    mode: Mode = Mode.STABLE
+    metric: Metric | None = None
+    spec: dict[str, object] = field(default_factory=dict)
+    state: ScalerState = STARTED
 
 
-def test_a_waiting_request_with_no_instance_activates_one_at_once() -> None:
-    decision = decide(SPEC, ScalerState(), Observation(0.0, 0, 1, 0, 0, poked=True), 0.0)
-    assert decision.desired == 1
-    assert decision.reason.startswith("activate")
+def quiet(start: float, end: float, every: float, current: int) -> list[tuple[float, Observation]]:
+    steps, now = [], start
+    while now <= end:
+        steps.append((now, seen(2.0, current=current, interval_s=every)))
+        now += every
+    return steps
+
+
+MAY_4_0930 = datetime(2026, 5, 4, 9, 30, tzinfo=UTC).timestamp() - T0
+
+CASES = [
+    Case("up", [(0, seen(9.0, current=1))], 2, "up: 60 s concurrency 9.0 / (10 × 0.7) → 2", metric=Metric.CONCURRENCY),
+    Case("steady", [(0, seen(5.0, current=1))], 1, "steady: 60 s concurrency 5.0 / (10 × 0.7) → 1"),
+    Case(
+        "down",
+        [(0, seen(5.0, current=2))],
+        1,
+        "down: 60 s concurrency 5.0 / (10 × 0.7) → 1",
+        spec={"scale_down_delay_s": 0},
+    ),
+    Case(
+        "hold within the scale-down delay",
+        [(0, seen(13.0, current=2)), (1, seen(1.0, current=2))],
+        2,
+        "hold: scale_down_delay 30 s keeps 2, the highest seen (now 60 s concurrency 7.0 / (10 × 0.7) → 1)",
+    ),
+    Case(
+        "panic",
+        [(0, seen(20.0, current=1))],
+        3,
+        "panic: 6 s concurrency 20.0 ≥ 2 × capacity 7.0 → 3",
+        mode=Mode.PANIC,
+        metric=Metric.CONCURRENCY,
+    ),
+    Case(
+        "panic holds",
+        [(0, seen(20.0, current=1)), (1, seen(2.0, current=3))],
+        3,
+        "panic: holds 3, no scale-down while panicking (6 s concurrency 11.0 / (10 × 0.7) → 2)",
+        mode=Mode.PANIC,
+    ),
+    Case(
+        "panic over after a quiet stable window",
+        [(0, seen(20.0, current=1)), *quiet(10, 60, 10, current=3)],
+        3,
+        "panic over: no panic condition for 60 s ≥ stable window 60 s; hold:",
+    ),
+    Case(
+        "panic over once the stable window catches up",
+        [(0, seen(20.0, current=1)), (1, seen(20.0, current=3))],
+        3,
+        "panic over: the stable window wants 3 ≥ 3 held in panic; steady:",
+    ),
+    Case(
+        "panic over when idle for the grace",
+        [(0, seen(20.0, current=1)), (6, seen(0.0, current=3, interval_s=6))],
+        3,
+        "panic over: idle 6 s ≥ scale_to_zero_grace; hold: scale_down_delay 30 s keeps 3",
+        spec={"scale_to_zero_grace_s": 5},
+    ),
+    Case(
+        "rate limits the scale-up",
+        [(0, seen(40.0, current=2))],
+        4,
+        "rate: max_scale_up_rate 2 × 2 allows 4 (panic: 6 s concurrency 40.0 ≥ 2 × capacity 14.0 → 6)",
+        mode=Mode.PANIC,
+        spec={"max_scale_up_rate": 2.0, "max": 100},
+    ),
+    Case(
+        "rate limits the scale-down",
+        [(0, seen(1.0, current=8))],
+        4,
+        "rate: max_scale_down_rate 2 keeps 4 of 8 (60 s concurrency 1.0 / (10 × 0.7) → 1)",
+        spec={"scale_down_delay_s": 0},
+    ),
+    Case(
+        "grace keeps one",
+        [(0, seen(1.0, current=1)), (70, seen(0.0, current=1, interval_s=70))],
+        1,
+        "grace: idle 70 s < scale_to_zero_grace 120 s keeps 1",
+        spec={"scale_to_zero_grace_s": 120},
+    ),
+    Case(
+        "zero after the grace",
+        [(0, seen(1.0, current=1)), (61, seen(0.0, current=1, interval_s=61))],
+        0,
+        "zero: idle 61 s ≥ scale_to_zero_grace 60 s",
+        metric=Metric.NONE,
+    ),
+    Case("idle", [(0, seen(0.0, current=0))], 0, "idle: no traffic, no instances", metric=Metric.NONE),
+    Case(
+        "min",
+        [(0, seen(1.0, current=2))],
+        2,
+        "min: 2 reserved (60 s concurrency 1.0 / (10 × 0.7) → 1)",
+        spec={"min": 2},
+    ),
+    Case(
+        "schedule",
+        [(MAY_4_0930, seen(1.0, current=1))],
+        3,
+        "schedule: min 3 while a scheduled window is open",
+        spec={"schedules": (ScalingSchedule("0 9 * * *", "UTC", 3600.0, 3),)},
+    ),
+    Case(
+        "max",
+        [(0, seen(25.0, current=2))],
+        2,
+        "max: capped at max 2 (60 s concurrency 25.0 / (10 × 0.7) → 4)",
+        spec={"max": 2},
+    ),
+    Case(
+        "activation scale",
+        [(0, seen(5.0, current=1))],
+        3,
+        "activation: activation_scale 3 (60 s concurrency 5.0 / (10 × 0.7) → 1)",
+        spec={"activation_scale": 3},
+    ),
+    Case(
+        "activate from zero on a poke",
+        [(0, Observation(0.0, 0, 1, 0, 0, poked=True, interval_s=0.0))],
+        1,
+        "activate: 1 request(s) waiting, 0 instances → 1 (0 in flight + 1 queued / (10 × 0.7) → 1)",
+        metric=Metric.QUEUE,
+    ),
+    Case(
+        "initial scale on a deploy",
+        [(0, seen(0.0, current=0))],
+        2,
+        "initial: initial_scale 2 on a first deploy",
+        spec={"initial_scale": 2},
+        state=ScalerState(),
+    ),
+    Case(
+        "restart keeps what it finds",
+        [(0, seen(0.0, current=4))],
+        4,
+        "restart: keeps the 4 instance(s) found until metrics are fresh",
+        state=ScalerState(),
+    ),
+    Case(
+        "restart keeps them for a panic window of fresh metrics",
+        [(0, seen(0.0, current=4)), (3, seen(0.0, current=4, interval_s=3))],
+        4,
+        "restart: 3 s of metrics < 6 s keeps 4 (rate: max_scale_down_rate 2 keeps 2 of 4",
+        spec={"scale_down_delay_s": 0},
+        state=ScalerState(),
+    ),
+    Case(
+        "trend",
+        [(second + 1, seen(float(second), in_flight=0, completed=1, current=1)) for second in range(6)],
+        2,
+        "up: trend: concurrency rising to 9.5 in 4.00 s / (10 × 0.7) → 2",
+        metric=Metric.TREND,
+        spec={"start_latency_s": 3.0},
+    ),
+    Case(
+        "queue",
+        [(0, seen(1.0, in_flight=3, queued=12, current=2))],
+        3,
+        "up: 3 in flight + 12 queued / (10 × 0.7) → 3",
+        metric=Metric.QUEUE,
+    ),
+    Case(
+        "qps",
+        [(0, seen(1.0, completed=30, current=5))],
+        9,
+        "up: 60 s qps 30.0/s / (5.0/s × 0.7) → 9",
+        metric=Metric.QPS,
+        spec={"target_qps": 5.0},
+    ),
+    Case(
+        "cpu",
+        [(0, seen(1.0, current=3, cpu=2.0))],
+        6,
+        "up: 60 s cpu 2.00 cores / (0.50 cores × 0.7) → 6",
+        metric=Metric.CPU,
+        spec={"target_cpu": 0.5},
+    ),
+    Case(
+        "memory",
+        [(0, seen(1.0, current=4, memory=1024.0 * MiB))],
+        6,
+        "up: 60 s memory 1024Mi / (256Mi × 0.7) → 6",
+        metric=Metric.MEMORY,
+        spec={"target_memory": 256.0 * MiB},
+    ),
+    Case(
+        "cpu is ignored when the backend does not report it",
+        [(0, seen(5.0, current=1))],
+        1,
+        "steady: 60 s concurrency 5.0",
+        metric=Metric.CONCURRENCY,
+        spec={"target_cpu": 0.5},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_every_reason(case: Case) -> None:
+    spec = ScalingSpec(**{"initial_scale": 0, **case.spec})  # type: ignore[arg-type]
+    decision = run(spec, case.steps, case.state)[-1]
+    assert decision.reason.startswith(case.reason), decision.reason
+    assert decision.desired == case.desired
+    assert decision.mode is case.mode
+    if case.metric is not None:
+        assert decision.metric is case.metric
 
 
 def test_scale_down_waits_for_the_delay_window() -> None:
-    busy = observe(30, in_flight=30, completed=100, current=5)
-    quiet = observe(6, in_flight=6, completed=100, current=5)
-    desired = run(SPEC, [(0, busy), (10, quiet), (29, quiet), (31, quiet)])
-    assert desired == [5, 5, 5, 1]
-
-
-def test_scale_to_zero_only_after_the_grace_with_nothing_in_flight() -> None:
-    spec = ScalingSpec(scale_down_delay_s=0, scale_to_zero_grace_s=60)
-    steps = [
-        (0.0, observe(1, in_flight=1, completed=1, current=1)),
-        (30.0, observe(current=1)),
-        (59.0, observe(current=1)),
-        (61.0, observe(current=1)),
-    ]
-    assert run(spec, steps) == [1, 1, 1, 0]
+    spec = ScalingSpec(initial_scale=0, max_scale_down_rate=1000)
+    busy, calm = seen(30.0, current=5), seen(6.0, current=5, interval_s=10)
+    # 30 over 5 instances is no panic (capacity 35); the stable window then falls as calm seconds come in.
+    decisions = run(spec, [(0, busy), (10, calm), (20, calm), (29, calm), (31, calm), (61, calm)])
+    assert [decision.desired for decision in decisions] == [5, 5, 5, 5, 2, 1]
 
 
 def test_a_long_request_still_running_keeps_its_instance() -> None:
-    spec = ScalingSpec(scale_down_delay_s=0, scale_to_zero_grace_s=10)
-    running = observe(1, in_flight=1, current=1)
-    assert run(spec, [(float(t), running) for t in range(0, 100, 10)])[-1] == 1
+    spec = ScalingSpec(scale_down_delay_s=0, scale_to_zero_grace_s=10, initial_scale=0)
+    running = Observation(1.0, 1, 0, 0, 1, interval_s=10)
+    assert [decision.desired for decision in run(spec, [(float(t), running) for t in range(0, 100, 10)])] == [1] * 10
 
 
-def test_min_instances_are_kept_and_max_caps() -> None:
-    spec = ScalingSpec(min=2, max=4, target_concurrency=1, utilization=1)
-    assert decide(spec, ScalerState(), observe(current=2), 0).desired == 2
-    capped = decide(spec, ScalerState(), observe(50, in_flight=50, current=2), 0)
-    assert capped.desired == 4
-    assert capped.reason.startswith("max")
+def test_prediction_off_leaves_a_ramp_to_the_windows() -> None:
+    ramp = [(second + 1, seen(float(second), in_flight=0, completed=1, current=1)) for second in range(6)]
+    decision = run(ScalingSpec(initial_scale=0, start_latency_s=3.0, prediction=False), ramp)[-1]
+    assert decision.metric is Metric.CONCURRENCY
+    assert decision.desired == 1
 
 
-def test_a_restart_does_not_scale_down_before_a_full_delay_of_fresh_metrics() -> None:
-    idle = observe(current=4)
-    assert run(SPEC, [(0, idle), (29, idle)]) == [4, 4]
-
-
-@st.composite
-def scenarios(draw: st.DrawFn) -> tuple[ScalingSpec, list[tuple[float, Observation]]]:
-    low = draw(st.integers(0, 3))
-    spec = ScalingSpec(
-        min=low,
-        max=draw(st.integers(max(low, 1), 20)),
-        target_concurrency=draw(st.sampled_from([1.0, 5.0, 10.0, 100.0])),
-        utilization=draw(st.sampled_from([0.5, 0.7, 1.0])),
-        scale_down_delay_s=draw(st.sampled_from([0.0, 5.0, 30.0])),
-        scale_to_zero_grace_s=draw(st.sampled_from([0.0, 10.0, 60.0])),
-    )
-    now, steps = 0.0, []
-    for _ in range(draw(st.integers(1, 30))):
-        now += draw(st.sampled_from([0.5, 1.0, 1.0, 7.0, 40.0]))
-        in_flight = draw(st.integers(0, 300))
-        queued = draw(st.integers(0, 20))
-        seen = Observation(
-            concurrency=float(draw(st.integers(0, 300))),
-            in_flight=in_flight,
-            queued=queued,
-            completed=draw(st.integers(0, 5)),
-            current=draw(st.integers(0, 25)),
-            poked=draw(st.booleans()),
-        )
-        steps.append((now, seen))
-    return spec, steps
-
-
-@settings(max_examples=300, derandomize=True)
-@given(scenarios())
-def test_properties_hold_on_every_tick(scenario: tuple[ScalingSpec, list[tuple[float, Observation]]]) -> None:
-    spec, steps = scenario
-    state = ScalerState()
-    last_nonzero_demand: float | None = None
-    for now, seen in steps:
-        again = decide(spec, state, seen, now)
-        decision = decide(spec, state, seen, now)
-        assert decision == again, "the same inputs give the same decision"
-        assert spec.min <= decision.desired <= spec.max
-        demand = max(seen.concurrency, seen.in_flight + seen.queued)
-        needed = -(-demand // (spec.target_concurrency * spec.utilization)) if demand else 0
-        assert decision.desired >= min(needed, spec.max), "scale-up happens within the tick"
-        if seen.queued or seen.poked:
-            assert decision.desired >= 1
-        if seen.in_flight or seen.queued or seen.completed or seen.poked or demand:
-            last_nonzero_demand = now
-        if decision.desired == 0 and seen.current > 0 and last_nonzero_demand is not None:
-            assert now - last_nonzero_demand >= spec.scale_to_zero_grace_s, "zero only after the grace"
-        state = decision.state
-
-
-@example(delay=30.0, gap=29.0)
-@given(st.floats(1, 120), st.floats(0, 200))
-def test_no_scale_down_inside_the_delay(delay: float, gap: float) -> None:
-    spec = ScalingSpec(max=100, target_concurrency=1, utilization=1, scale_down_delay_s=delay)
-    first = decide(spec, ScalerState(), observe(10, in_flight=10, completed=1, current=10), 0.0)
-    later = decide(spec, first.state, observe(2, in_flight=2, completed=1, current=10), gap)
-    if gap < delay:
-        assert later.desired == 10
-    else:
-        assert later.desired == 2
+def test_a_schedule_above_max_is_capped_at_max() -> None:
+    schedule = ScalingSchedule("0 9 * * *", "UTC", 3600.0, 50)
+    spec = ScalingSpec(initial_scale=0, max=5, schedules=(schedule,))
+    decision = run(spec, [(MAY_4_0930, seen(0.0, current=0))])[-1]
+    assert decision.desired == 5

@@ -1,0 +1,95 @@
+"""Scheduled minimums on fixed instants, with a table of daylight-saving cases (after fission's table tests)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from autoscaler.schedules import is_open, minimum_at
+from nest.contracts.model import ScalingSchedule
+
+HOUR = 3600.0
+WORKDAY = ScalingSchedule("0 9 * * MON-FRI", "Europe/Paris", 8 * HOUR, 4)
+NIGHTLY_PARIS = ScalingSchedule("30 2 * * *", "Europe/Paris", HOUR, 2)
+NIGHTLY_NEW_YORK = ScalingSchedule("30 2 * * *", "America/New_York", HOUR, 3)
+HOURLY_PARIS = ScalingSchedule("0 * * * *", "Europe/Paris", HOUR, 1)
+
+
+def utc(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+
+
+# 2026: Europe/Paris springs forward on Sunday 29 March at 02:00 CET (01:00 UTC) and falls back on Sunday
+# 25 October at 03:00 CEST (01:00 UTC). America/New_York springs forward on 8 March at 02:00 EST (07:00 UTC)
+# and falls back on 1 November at 02:00 EDT (06:00 UTC).
+CASES = [
+    # schedule, instant (UTC), expected minimum, why
+    (WORKDAY, utc(2026, 3, 27, 7, 59), 0, "Friday before DST: 08:59 CET, not yet"),
+    (WORKDAY, utc(2026, 3, 27, 8, 0), 4, "Friday 09:00 CET = 08:00 UTC opens"),
+    (WORKDAY, utc(2026, 3, 27, 15, 59), 4, "Friday 16:59 CET, still open"),
+    (WORKDAY, utc(2026, 3, 27, 16, 0), 0, "Friday 17:00 CET, eight hours later, closed"),
+    (WORKDAY, utc(2026, 3, 28, 10, 0), 0, "Saturday: no window"),
+    (WORKDAY, utc(2026, 3, 30, 6, 59), 0, "Monday after DST: 08:59 CEST"),
+    (WORKDAY, utc(2026, 3, 30, 7, 0), 4, "Monday 09:00 CEST = 07:00 UTC opens (an hour earlier in UTC)"),
+    (WORKDAY, utc(2026, 3, 30, 14, 59), 4, "Monday 16:59 CEST"),
+    (WORKDAY, utc(2026, 3, 30, 15, 0), 0, "Monday 17:00 CEST closed"),
+    (WORKDAY, utc(2026, 10, 26, 7, 59), 0, "Monday after fall-back: 08:59 CET"),
+    (WORKDAY, utc(2026, 10, 26, 8, 0), 4, "Monday 09:00 CET = 08:00 UTC"),
+    (NIGHTLY_PARIS, utc(2026, 3, 28, 1, 30), 2, "Saturday 02:30 CET fires normally"),
+    (NIGHTLY_PARIS, utc(2026, 3, 29, 0, 59), 0, "spring forward: 01:59 CET, the gap is not there yet"),
+    (NIGHTLY_PARIS, utc(2026, 3, 29, 1, 0), 2, "02:30 does not exist: fires at the transition, 03:00 CEST"),
+    (NIGHTLY_PARIS, utc(2026, 3, 29, 1, 59), 2, "the window still lasts one real hour"),
+    (NIGHTLY_PARIS, utc(2026, 3, 29, 2, 0), 0, "closed an hour after the transition"),
+    (NIGHTLY_PARIS, utc(2026, 3, 30, 0, 30), 2, "the next night fires at 02:30 CEST again"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 0, 29), 0, "fall back: 02:29 CEST, first pass"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 0, 30), 2, "02:30 CEST, first occurrence, fires"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 1, 30), 2, "02:30 CET, second occurrence, fires again"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 2, 29), 2, "the window runs an hour from the second firing"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 2, 30), 0, "closed"),
+    (NIGHTLY_NEW_YORK, utc(2026, 3, 8, 6, 59), 0, "New York spring forward: 01:59 EST"),
+    (NIGHTLY_NEW_YORK, utc(2026, 3, 8, 7, 0), 3, "02:30 does not exist: fires at 03:00 EDT"),
+    (NIGHTLY_NEW_YORK, utc(2026, 3, 8, 8, 0), 0, "one real hour later, closed"),
+    (NIGHTLY_NEW_YORK, utc(2026, 11, 1, 5, 30), 0, "New York fall back: 01:30 EDT, the day's 02:30 is ahead"),
+    (NIGHTLY_NEW_YORK, utc(2026, 11, 1, 7, 30), 3, "02:30 EST (02:30 happens once, after the fall back)"),
+    (HOURLY_PARIS, utc(2026, 10, 25, 0, 45), 1, "hourly at 02:00 CEST"),
+    (HOURLY_PARIS, utc(2026, 10, 25, 1, 15), 1, "hourly at 02:00 CET: no hour without a window"),
+    (HOURLY_PARIS, utc(2026, 3, 29, 1, 15), 1, "hourly across the spring gap: 03:00 CEST"),
+]
+
+
+@pytest.mark.parametrize(("schedule", "now", "expected", "why"), CASES, ids=[case[3] for case in CASES])
+def test_daylight_saving_edges(schedule: ScalingSchedule, now: float, expected: int, why: str) -> None:
+    assert minimum_at([schedule], now) == expected, why
+
+
+def test_no_schedule_means_no_minimum() -> None:
+    assert minimum_at([], utc(2026, 3, 30, 8, 0)) == 0
+
+
+def test_overlapping_windows_take_the_largest_minimum() -> None:
+    morning = ScalingSchedule("0 8 * * *", "UTC", 4 * HOUR, 2)
+    lunch = ScalingSchedule("0 11 * * *", "UTC", 2 * HOUR, 6)
+    assert minimum_at([morning, lunch], utc(2026, 5, 4, 9, 0)) == 2
+    assert minimum_at([morning, lunch], utc(2026, 5, 4, 11, 30)) == 6
+    assert minimum_at([morning, lunch], utc(2026, 5, 4, 12, 30)) == 6
+    assert minimum_at([morning, lunch], utc(2026, 5, 4, 13, 0)) == 0
+
+
+def test_a_window_longer_than_the_period_stays_open() -> None:
+    every_hour_for_three = ScalingSchedule("0 * * * *", "UTC", 3 * HOUR, 5)
+    assert all(is_open(every_hour_for_three, utc(2026, 5, 4, 0, 0) + minute * 60) for minute in range(240))
+
+
+def test_the_window_opens_on_the_minute_and_closes_after_its_duration() -> None:
+    quarter = ScalingSchedule("15 10 * * *", "UTC", 90.0, 1)
+    opens = utc(2026, 5, 4, 10, 15)
+    assert not is_open(quarter, opens - 0.5)
+    assert is_open(quarter, opens)
+    assert is_open(quarter, opens + 89.9)
+    assert not is_open(quarter, opens + 90.0)
+
+
+def test_the_same_instant_gives_the_same_answer() -> None:
+    now = utc(2026, 3, 29, 1, 30)
+    assert [minimum_at([NIGHTLY_PARIS, WORKDAY], now) for _ in range(3)] == [2, 2, 2]
