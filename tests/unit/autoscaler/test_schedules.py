@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from autoscaler.schedules import is_open, minimum_at
+from nest.contracts.manifest import ManifestError, parse_manifest
 from nest.contracts.model import ScalingSchedule
 
 HOUR = 3600.0
@@ -93,3 +94,36 @@ def test_the_window_opens_on_the_minute_and_closes_after_its_duration() -> None:
 def test_the_same_instant_gives_the_same_answer() -> None:
     now = utc(2026, 3, 29, 1, 30)
     assert [minimum_at([NIGHTLY_PARIS, WORKDAY], now) for _ in range(3)] == [2, 2, 2]
+
+
+def test_nest_yaml_schedules_become_scaling_schedules() -> None:
+    manifest = parse_manifest(
+        "name: hello\n"
+        "scaling:\n"
+        "  stable_window: 30s\n"
+        "  panic_window: 3s\n"
+        "  start_latency: 2s\n"
+        "  target_memory: 256Mi\n"
+        "  schedules: [{cron: '0 9 * * MON-FRI', timezone: Europe/Paris, duration: 8h, min: 4}]\n"
+    )
+    spec = manifest.scaling_spec()
+    assert spec.schedules == (ScalingSchedule("0 9 * * MON-FRI", "Europe/Paris", 8 * HOUR, 4),)
+    assert (spec.stable_window_s, spec.panic_window_s, spec.start_latency_s) == (30.0, 3.0, 2.0)
+    assert spec.target_memory == 256 * 1024**2
+    assert spec.initial_scale == 0, "a deploy runs nothing until the first request unless asked"
+
+
+@pytest.mark.parametrize(
+    ("scaling", "problem"),
+    [
+        ("{schedules: [{cron: '0 9 * *', duration: 1h, min: 1}]}", "is not a five-field cron expression"),
+        ("{schedules: [{cron: '0 25 * * *', duration: 1h, min: 1}]}", "is not a five-field cron expression"),
+        ("{schedules: [{cron: '0 9 * * *', timezone: Mars/Olympus, duration: 1h, min: 1}]}", "not an IANA timezone"),
+        ("{panic_window: 90s}", "panic_window (90s) is longer than stable_window (60s)"),
+        ("{max: 2, activation_scale: 3}", "activation_scale (3) is above max (2)"),
+    ],
+)
+def test_bad_scaling_keys_name_the_problem(scaling: str, problem: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(f"name: hello\nscaling: {scaling}\n")
+    assert problem in str(caught.value)
