@@ -33,6 +33,8 @@ logger = logging.getLogger("nest.warmpool")
 PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_PRELOAD = ("json", "asyncio", "concurrent.futures", "starlette.applications", "nest.sdk")
 """What every default-pool instance finds imported: the runtime itself plus modules most handlers touch."""
+ZYGOTE_BOOT = "import gc; gc.disable(); from runtime.zygote import main; raise SystemExit(main())"
+"""`python -m runtime.zygote` with the collector off before the first import (see `runtime.zygote.serve`)."""
 ZYGOTE_START_TIMEOUT_S = 30.0
 STATUS_LINE_MAX = 64 * 1024
 
@@ -165,7 +167,7 @@ class ZygotePool:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 self.python,
-                *("-m", "runtime.zygote", "--control-socket", str(self.control_path)),
+                *("-c", ZYGOTE_BOOT, "--control-socket", str(self.control_path)),
                 *("--preload", ",".join(self.preload), "--status-fd", str(write_end)),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_end,),

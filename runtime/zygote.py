@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -39,14 +40,15 @@ import uvicorn.protocols.http.httptools_impl
 import uvicorn.protocols.websockets.auto
 
 import runtime.main
-from runtime.config import parse_args
+from runtime.config import RuntimeConfig, parse_args
 from runtime.limits import die_with_parent, set_process_name
+from runtime.rehearsal import rehearse
 
 MESSAGE_MAX = 256 * 1024
 REPARENT_WAIT_S = 1.0
 
 
-PYTHON_SIGNALS = {
+PYTHON_SIGNALS: dict[int, Any] = {
     signal.SIGINT: signal.default_int_handler,
     signal.SIGPIPE: signal.SIG_IGN,
     signal.SIGXFSZ: signal.SIG_IGN,
@@ -69,6 +71,7 @@ def _detach(request: dict[str, Any], closing: list[socket.socket]) -> None:
     for sock in closing:
         sock.close()
     os.setsid()
+    gc.enable()  # the zygote runs without the collector (see `serve`)
     _reset_signals()
     random.seed()
     deadline = time.monotonic() + REPARENT_WAIT_S
@@ -89,7 +92,41 @@ def _specialize(claim: dict[str, Any], status_fd: int, log_fd: int) -> int:
     os.environ.update(claim["env"])
     random.seed()
     set_process_name("nest:" + claim["env"].get("NEST_FUNCTION", "instance"))
-    return runtime.main.run(parse_args([*claim["argv"], "--status-fd", str(status_fd)]))
+    return runtime.main.run(runtime_config([*claim["argv"], "--status-fd", str(status_fd)]))
+
+
+OPTION_FIELDS = {"--timeout": "timeout_s"}
+FLAGS = {"--debug": ("debug", True), "--no-memory-rlimit": ("memory_rlimit", False)}
+FIELD_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def runtime_config(argv: list[str]) -> RuntimeConfig:
+    """`parse_args(argv)` without argparse for the arguments the backend builds: argparse touches ~1 MiB of
+    the zygote's pages on its first use in a child (copy-on-write: memory per instance and ~0.5 ms). Anything
+    unexpected falls back to `parse_args`, so errors read the same."""
+    types = {item.name: FIELD_TYPES.get(str(item.type)) for item in dataclasses.fields(RuntimeConfig)}
+    values: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        option = argv[index]
+        if option in FLAGS:
+            name, flag = FLAGS[option]
+            values[name] = flag
+            index += 1
+            continue
+        name = OPTION_FIELDS.get(option, option.removeprefix("--").replace("-", "_"))
+        kind = types.get(name)
+        if not option.startswith("--") or kind is None or kind is bool or index + 1 >= len(argv):
+            return parse_args(argv)
+        try:
+            values[name] = kind(argv[index + 1])
+        except ValueError:
+            return parse_args(argv)
+        index += 2
+    try:
+        return RuntimeConfig(**{"handler": "main:handle", "style": "native", **values})
+    except TypeError:
+        return parse_args(argv)
 
 
 def _become_instance(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
@@ -115,6 +152,10 @@ def _become_idle(request: dict[str, Any], fds: list[int], closing: list[socket.s
     try:
         _detach(request, closing)
         set_process_name("nest-idle")
+        try:
+            rehearse()
+        except Exception as exc:  # the instance still works, its first request is only slower
+            os.write(2, f"idle instance rehearsal failed: {exc!r}\n".encode())
         os.write(status_fd, json.dumps({"event": "forked", "pid": os.getpid(), "idle": True}).encode() + b"\n")
         claims = socket.socket(fileno=claim_fd)
         message, log_fds, _, _ = socket.recv_fds(claims, MESSAGE_MAX, 1)
@@ -166,8 +207,10 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     for module in preload:
         importlib.import_module(module)
     _warm_up()
-    gc.collect()
-    gc.freeze()  # keep the imported objects out of the collector: forked children share their pages longer
+    # The zygote runs with the collector off from its first line (`controller/warmpool.py` starts it so) and is
+    # frozen without a collection: a collection would free objects and leave holes in shared pages that every
+    # child's allocations then fill, copying the page (the `gc.freeze` recipe in Python's documentation).
+    gc.freeze()
     if os.path.exists(control_path):
         os.unlink(control_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
