@@ -25,12 +25,12 @@ from nest.contracts.errors import InvalidInput, NotFound, PayloadTooLarge, TooMa
 from nest.contracts.manifest import parse_duration, validate_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from nest.contracts.model import Route as FunctionRoute
+    from nest.contracts.model import AsyncSpec, Route as FunctionRoute
 
 IDEMPOTENCY_KEY_MAX = 256
 URL_MAX = 2048
@@ -58,6 +58,10 @@ class RouteCatalog:
     def route(self, function: str) -> FunctionRoute | None:
         return self._routes.get(function)
 
+    def async_spec(self, function: str) -> AsyncSpec | None:
+        route = self._routes.get(function)
+        return route.async_spec if route is not None else None
+
     def async_settings(self, function: str) -> AsyncSettings | None:
         route = self._routes.get(function)
         if route is None:
@@ -78,12 +82,14 @@ class AsyncApi:
         catalog: RouteCatalog,
         *,
         wake: Callable[[], None],
+        deliveries: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.wake = wake
+        self.deliveries = deliveries
         self.clock = clock
         self.monotonic = monotonic
         self._backlogs: dict[str, tuple[float, int]] = {}
@@ -173,7 +179,10 @@ class AsyncApi:
         task = await self.store.get(request.path_params["id"])
         if task is None:
             raise NotFound("invocation", request.path_params["id"])
-        return JSONResponse(task_view(task, now=self.clock()))
+        view = task_view(task, now=self.clock())
+        if self.deliveries is not None:
+            view["deliveries"] = await self.deliveries(task.id)
+        return JSONResponse(view)
 
     async def cancel(self, request: Request) -> Response:
         """

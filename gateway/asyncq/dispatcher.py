@@ -60,8 +60,12 @@ class Invoker(Protocol):
 
 
 class ResultSink(Protocol):
-    async def finished(self, task: Task, outcome: Outcome) -> None:
-        """A task reached a final state: deliver it to its destinations. Must not raise."""
+    async def record(self, task: Task, outcome: Outcome, *, now: float) -> None:
+        """Durably record what the finished task owes its callback and destinations (before it is settled)."""
+        ...
+
+    def wake(self) -> None:
+        """The task is settled: send what was recorded."""
         ...
 
 
@@ -220,11 +224,15 @@ class Dispatcher:
         await self._settle(task, Outcome(status, body, code, verdict.reason))
 
     async def _settle(self, task: Task, outcome: Outcome) -> None:
-        if not await self._queue.settle(task.id, owner=self._owner, outcome=outcome, now=self._clock()):
+        """Record the deliveries first, then settle: a crash in between re-runs the task, never loses a record."""
+        now = self._clock()
+        if self._sink is not None:
+            await self._sink.record(task, outcome, now=now)
+        if not await self._queue.settle(task.id, owner=self._owner, outcome=outcome, now=now):
             logger.warning("task %s: lease lost before settling; another dispatcher owns it now", task.id)
             return
         if self._sink is not None:
-            await self._sink.finished(task, outcome)
+            self._sink.wake()
 
     async def _keep_lease(self, task: Task, lease_s: float) -> None:
         while True:

@@ -95,9 +95,22 @@ def up(
             help="Also serve the gateway's traffic over gRPC (nest.metrics.v1) for remote autoscalers; off by default",
         ),
     ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NEST_WEBHOOK_SECRET",
+            help="Standard Webhooks secret (whsec_...) signing async callbacks and webhooks (default: made once in"
+            " the data directory)",
+        ),
+    ] = None,
+    allow_private_webhooks: Annotated[
+        bool, typer.Option(help="Let webhooks and callbacks reach loopback and private addresses (SSRF guard off)")
+    ] = False,
+    nats_url: Annotated[str, typer.Option(help="NATS server for nats: destinations")] = "nats://127.0.0.1:4222",
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
+    from nest.wiring.invocations import AsyncConfig
 
     directory = data_dir or Path(os.environ.get("NEST_DATA_DIR", "~/.nest"))
     pools = _declared_pools(pools_file, pool or [])
@@ -112,6 +125,7 @@ def up(
         pools=pools,
         pools_file=pools_file.resolve() if pools_file is not None else None,
         metrics_grpc=metrics_grpc,
+        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url),
     )
     try:
         serve(config)

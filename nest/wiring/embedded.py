@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,15 +30,12 @@ from controller.functions import FunctionService, ServiceConfig
 from controller.pooling import PoolCollector
 from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
-from gateway.asyncq.api import AsyncApi, RouteCatalog
-from gateway.asyncq.dispatcher import Dispatcher
-from gateway.asyncq.invoking import ProxyInvoker
-from gateway.asyncq.sqlite import SqliteTaskQueue
 from gateway.metrics_service import MetricsServer, TrafficLedger
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
 from gateway.upstream import UpstreamPool
 from nest.contracts.pools import PoolsFileError, parse_pools
+from nest.wiring.invocations import AsyncConfig, async_invocations
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,6 +43,7 @@ if TYPE_CHECKING:
     from autoscaler.ports import MetricsSource, ScaleTarget
     from controller.backends.base import Backend
     from controller.ports import RoutePublisher
+    from gateway.asyncq.dispatcher import Dispatcher
     from gateway.ports import ControlPlane, DemandSignal
     from nest.contracts.pools import PoolSettings
 
@@ -71,6 +67,7 @@ class EmbeddedConfig:
     """Re-read on SIGHUP: changed preloads get a new zygote and their instances are replaced without downtime."""
     metrics_grpc: str | None = None
     """`nest up --metrics-grpc HOST:PORT`: also serve the gateway's traffic over gRPC for remote autoscalers."""
+    async_config: AsyncConfig = field(default_factory=AsyncConfig)
 
 
 def _check_ports(
@@ -113,14 +110,14 @@ async def run(config: EmbeddedConfig) -> None:
     registry.register(GatewayCollector(table))
     state = {"ready": False}
     proxy = FunctionProxy(table, pool, ProxyConfig(activation_timeout_s=config.activation_timeout_s))
-    tasks, dispatcher, async_api = await async_invocations(data_dir, table, proxy)
+    invocations = await async_invocations(config.async_config, data_dir, table, proxy)
     app = GatewayApp(
         proxy=proxy,
         control=service,
         registry=registry,
         ready=lambda: state["ready"],
         max_package_bytes=config.max_package_bytes,
-        extra_routes=async_api.routes(),
+        extra_routes=invocations.api.routes(),
     )
     server = gateway_server(config, app)
     try:
@@ -132,7 +129,8 @@ async def run(config: EmbeddedConfig) -> None:
                 group.create_task(fleet.run(), name="fleet"),
                 group.create_task(autoscaler.run(), name="autoscaler"),
             ]
-            dispatching = group.create_task(dispatcher.run(), name="dispatcher")
+            background.append(group.create_task(invocations.worker.run(), name="deliveries"))
+            dispatching = group.create_task(invocations.dispatcher.run(), name="dispatcher")
             if metrics_server is not None:
                 background.append(group.create_task(metrics_server.run(), name="metrics-grpc"))
             await service.load()
@@ -142,13 +140,13 @@ async def run(config: EmbeddedConfig) -> None:
             logger.info("Nest data directory: %s", data_dir)
             await server.serve()
             state["ready"] = False
-            await drain(config, dispatcher, dispatching, fleet)
+            await drain(config, invocations.dispatcher, dispatching, fleet)
             for task in background:
                 task.cancel()
         logger.info("background stopped")
     finally:
         pool.close()
-        await tasks.close()
+        await invocations.close()
         await store.close()
         logger.info("state closed")
 
@@ -197,17 +195,6 @@ def gateway_server(config: EmbeddedConfig, app: GatewayApp) -> uvicorn.Server:
             timeout_graceful_shutdown=int(config.drain_timeout_s),
         )
     )
-
-
-async def async_invocations(
-    data_dir: Path, table: RoutingTable, proxy: FunctionProxy
-) -> tuple[SqliteTaskQueue, Dispatcher, AsyncApi]:
-    """The durable task queue (SQLite, next to the state), its dispatcher and the async API."""
-    tasks = SqliteTaskQueue(data_dir / "tasks.db")
-    await tasks.open()
-    catalog = RouteCatalog(table.routes)
-    dispatcher = Dispatcher(tasks, ProxyInvoker(proxy), catalog, owner=f"{socket.gethostname()}-{os.getpid()}")
-    return tasks, dispatcher, AsyncApi(tasks, catalog, wake=dispatcher.wake)
 
 
 def _local_host(host: str) -> str:

@@ -73,8 +73,10 @@ class Sink:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 1
 
-    async def finished(self, task: Task, outcome: Outcome) -> None:
+    async def record(self, task: Task, outcome: Outcome, *, now: float) -> None:
         self.finished_tasks[task.id] = outcome
+
+    def wake(self) -> None:
         if len(self.finished_tasks) >= self.expected:
             self.done.set()
 
