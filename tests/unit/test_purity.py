@@ -16,6 +16,7 @@ PURE_MODULES = [
     "gateway/balancing.py",
     "gateway/routes.py",
     "controller/reconciler.py",
+    "controller/poolsizing.py",
     "gateway/asyncq/retry.py",
     "gateway/asyncq/aimd.py",
     "gateway/asyncq/fairness.py",
