@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from gateway.asyncq.crashpoints import crashpoint
 from gateway.asyncq.dispatcher import AsyncSettings
 from gateway.asyncq.fairness import PRIORITY_MAX, PRIORITY_MIN
 from gateway.asyncq.retry import RetryPolicy
-from gateway.asyncq.tasks import NewTask, Task, TaskAdmin, TaskQueue, TaskStatus
+from gateway.asyncq.tasks import NewTask, Submitted, Task, TaskAdmin, TaskQueue, TaskStatus
 from nest.contracts.errors import InvalidInput, NotFound, PayloadTooLarge, TooManyRequests
 from nest.contracts.manifest import parse_duration, validate_name
 
@@ -122,18 +123,42 @@ class AsyncApi:
         route = self.catalog.route(name)
         if route is None:
             raise NotFound("function", name)
-        spec = route.async_spec
-        body = await _read_bounded(request, spec.max_body_bytes)
-        headers = request.headers
+        body = await _read_bounded(request, route.async_spec.max_body_bytes)
+        submitted = await self.enqueue(
+            name,
+            body,
+            method=request.method,
+            path="/" + request.path_params.get("path", ""),
+            query=request.url.query,
+            headers=request.headers,
+        )
+        task = submitted.task
+        answer = {"call_id": task.id, "function": name, "status": task.status.value, "created": submitted.created}
+        if not submitted.created and task.status is TaskStatus.SUCCEEDED:
+            answer["result"] = _result_text(task)
+        return JSONResponse(answer, status_code=202, headers={"x-call-id": task.id})
+
+    async def enqueue(
+        self, name: str, body: bytes, *, method: str, path: str, query: str, headers: Mapping[str, str]
+    ) -> Submitted:
+        """Validate the async headers, apply backpressure, store the task durably, wake the dispatcher.
+
+        `headers` are looked up lower-case (Starlette's `Headers` or a plain dict of lower-case names).
+        """
+        route = self.catalog.route(name)
+        if route is None:
+            raise NotFound("function", name)
+        if len(body) > route.async_spec.max_body_bytes:
+            raise PayloadTooLarge("async request body", route.async_spec.max_body_bytes)
         key = _idempotency_key(headers.get("idempotency-key"))
         delay_s = _delay(headers.get("x-nest-delay"))
         priority = _priority(headers.get("x-nest-priority"))
         callback = _callback_url(headers.get("x-callback-url"))
-        await self._check_backlog(name, spec.max_backlog)
+        await self._check_backlog(name, route.async_spec.max_backlog)
         now = self.clock()
-        described = {"method": request.method, "path": "/" + request.path_params.get("path", "")}
-        if request.url.query:
-            described["query"] = request.url.query
+        described = {"method": method, "path": path}
+        if query:
+            described["query"] = query
         if "content-type" in headers:
             described["content_type"] = headers["content-type"]
         new = NewTask(
@@ -148,13 +173,10 @@ class AsyncApi:
             callback_url=callback,
         )
         submitted = await self.store.submit(new)
+        crashpoint("after_persist")
         if submitted.created:
             self.wake()
-        task = submitted.task
-        answer = {"call_id": task.id, "function": name, "status": task.status.value, "created": submitted.created}
-        if not submitted.created and task.status is TaskStatus.SUCCEEDED:
-            answer["result"] = _result_text(task)
-        return JSONResponse(answer, status_code=202, headers={"x-call-id": task.id})
+        return submitted
 
     async def _check_backlog(self, function: str, limit: int) -> None:
         now = self.monotonic()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.asyncq import aimd
+from gateway.asyncq.crashpoints import crashpoint
 from gateway.asyncq.fairness import FairState, QueueKey, pick
 from gateway.asyncq.retry import Failure, Next, RetryPolicy, is_expired, next_step
 from gateway.asyncq.tasks import Outcome, TaskStatus
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nest.asyncq")
 
 LEASE_MARGIN_S = 30.0
+DISPATCH_RATE = aimd.AimdConfig(initial_rate=2000.0, increase=200.0)
+"""AIMD's default for dispatch: the function's `async.concurrency` is what bounds a healthy function, so the
+rate starts high (a no-op function drains thousands a second) and is there to back off from throttling and to
+climb back; a start at 50/s growing 10/s per second held a no-op at ~80 tasks/s (tests/bench/bench_async.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,7 @@ class Dispatcher:
         draw: Callable[[], float] = random.random,
         idle_poll_s: float = 0.25,
         rate: aimd.AimdConfig | None = None,
+        lease_margin_s: float = LEASE_MARGIN_S,
     ) -> None:
         self._queue = queue
         self._invoker = invoker
@@ -91,7 +97,9 @@ class Dispatcher:
         self._clock = clock
         self._draw = draw
         self._idle_poll_s = idle_poll_s
-        self._rate_config = rate or aimd.AimdConfig()
+        self._rate_config = rate or DISPATCH_RATE
+        self._lease_margin_s = lease_margin_s
+        """A lease lasts the function's timeout plus this: how long a crashed dispatcher's tasks wait to run again."""
         self._rates: dict[str, aimd.AimdState] = {}
         self._fair = FairState()
         self._wake = asyncio.Event()
@@ -137,7 +145,7 @@ class Dispatcher:
             settings = self._catalog.async_settings(key.function)
             if settings is None:
                 continue
-            lease_s = settings.timeout_s + LEASE_MARGIN_S
+            lease_s = settings.timeout_s + self._lease_margin_s
             for task in await self._queue.lease(key, owner=self._owner, now=now, lease_s=lease_s, limit=count):
                 self.running[task.function] += 1
                 group.create_task(self._execute(task, settings, lease_s), name=f"task {task.id}")
@@ -187,7 +195,9 @@ class Dispatcher:
             return
         keeper = asyncio.create_task(self._keep_lease(task, lease_s))
         try:
+            crashpoint("after_dispatch")
             answer: Answer | None = await self._invoker.invoke(task, call_id=task.id)
+            crashpoint("after_result")
         except Exception as exc:
             logger.warning("task %s: invocation failed: %r", task.id, exc)
             answer = None

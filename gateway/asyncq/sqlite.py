@@ -1,10 +1,10 @@
 """The embedded async queue: tasks in SQLite (WAL), with group commit for submissions.
 
 Durability: `synchronous=FULL`, so a `submit` returns (and the caller gets its 202) only after its commit reached
-the disk. Group commit makes that affordable: submissions queue in memory and one database thread commits
-every submission waiting at that moment in a single transaction (one fsync), so concurrent submitters share
-the cost instead of queueing for one fsync each. No timer is involved: while one group is being written, the
-next one gathers.
+the disk. Group commit makes that affordable: every write of the hot path (submissions, and the dispatcher's
+leases, settles, retries and lease extensions) queues in memory, and one database thread commits every write
+waiting at that moment in a single transaction (one fsync), so concurrent writers share the cost instead of
+queueing for one fsync each. No timer is involved: while one group is being written, the next one gathers.
 
 All database work runs on that one thread (one connection; SQLite has one writer anyway), so the event loop never
 blocks on the disk. Times are epoch seconds from the caller.
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.asyncq.crashpoints import crashpoint
 from gateway.asyncq.fairness import QueueKey
 from gateway.asyncq.tasks import RESULT_MAX_BYTES, Submitted, Task, TaskStatus
 from nest.contracts.errors import Conflict, NotFound
@@ -76,8 +77,9 @@ DUE = "(status IN ('queued', 'delayed') AND not_before <= :now) OR (status = 'ru
 
 @dataclass
 class _Pending:
-    new: NewTask
-    future: asyncio.Future[Submitted]
+    work: Callable[[sqlite3.Connection], Any]
+    """Runs inside the group's transaction; returns the answer (an `Exception` answer fails only its caller)."""
+    future: asyncio.Future[Any]
 
 
 class SqliteTaskQueue:
@@ -92,7 +94,7 @@ class SqliteTaskQueue:
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
         self.groups_committed = 0
-        """How many group commits ran (submissions / groups = the batching factor)."""
+        """How many group commits ran (writes / groups = the batching factor)."""
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -125,18 +127,22 @@ class SqliteTaskQueue:
 
         return await self._call(bound)
 
-    # submission, with group commit
+    # group commit
 
-    async def submit(self, new: NewTask) -> Submitted:
+    async def _write(self, work: Callable[[sqlite3.Connection], T | Exception]) -> T:
+        """Run `work` in the next group's transaction; returns once that group is committed."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Submitted] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         with self._pending_lock:
-            self._pending.append(_Pending(new, future))
+            self._pending.append(_Pending(work, future))
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
             loop.run_in_executor(self._thread, self._flush, loop)
         return await future
+
+    async def submit(self, new: NewTask) -> Submitted:
+        return await self._write(lambda db: self._insert(db, new))
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
@@ -147,14 +153,14 @@ class SqliteTaskQueue:
                 self._flush_scheduled = False
         if not group:
             return
-        answers: list[Submitted | Exception] = []
+        answers: list[Any] = []
         try:
             if self._db is None:
                 raise RuntimeError("the task queue is not open")
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                answers = [self._insert(db, item.new) for item in group]
+                answers = [item.work(db) for item in group]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -166,6 +172,7 @@ class SqliteTaskQueue:
             loop.call_soon_threadsafe(_resolve, item.future, answer)
 
     def _insert(self, db: sqlite3.Connection, new: NewTask) -> Submitted | Exception:
+        crashpoint("before_persist")
         if new.idempotency_key is not None:
             query = f"SELECT {COLUMNS} FROM tasks WHERE function = ? AND idempotency_key = ?"
             row = db.execute(query, (new.function, new.idempotency_key)).fetchone()
@@ -250,20 +257,14 @@ class SqliteTaskQueue:
         }
 
         def work(db: sqlite3.Connection) -> list[Task]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(query, arguments).fetchall()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            rows = db.execute(query, arguments).fetchall()
             return sorted((_task(row) for row in rows), key=lambda task: (task.not_before, task.enqueued_at))
 
-        return await self._run(work)
+        return await self._write(work)
 
     async def extend(self, task_id: str, *, owner: str, until: float) -> bool:
         query = "UPDATE tasks SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
-        return await self._run(lambda db: db.execute(query, (until, task_id, owner)).rowcount == 1)
+        return await self._write(lambda db: db.execute(query, (until, task_id, owner)).rowcount == 1)
 
     async def settle(self, task_id: str, *, owner: str, outcome: Outcome, now: float) -> bool:
         result = outcome.result
@@ -276,7 +277,7 @@ class SqliteTaskQueue:
             " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'"
         )
         values = (outcome.status.value, result, outcome.result_status, truncated, outcome.error, now, now)
-        return await self._run(lambda db: db.execute(query, (*values, task_id, owner)).rowcount == 1)
+        return await self._write(lambda db: db.execute(query, (*values, task_id, owner)).rowcount == 1)
 
     async def retry(self, task_id: str, *, owner: str, at: float, spent_attempt: bool, error: str, now: float) -> bool:
         status = TaskStatus.DELAYED if at > now else TaskStatus.QUEUED
@@ -286,7 +287,7 @@ class SqliteTaskQueue:
             " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'"
         )
         values = (status.value, at, error, int(spent_attempt), int(not spent_attempt), now, task_id, owner)
-        return await self._run(lambda db: db.execute(query, values).rowcount == 1)
+        return await self._write(lambda db: db.execute(query, values).rowcount == 1)
 
     # administration
 
@@ -397,7 +398,7 @@ def _task(row: tuple[Any, ...]) -> Task:
     )
 
 
-def _resolve(future: asyncio.Future[Submitted], answer: Submitted | Exception) -> None:
+def _resolve(future: asyncio.Future[Any], answer: object) -> None:
     if future.done():
         return
     if isinstance(answer, Exception):

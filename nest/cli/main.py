@@ -30,6 +30,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from nest.cli.packaging import PackagingError, build_package
+from nest.cli.pools import pools
 from nest.cli.scale import scale_app
 from nest.cli.tasks import async_app, dlq_app, tasks_app
 from nest.cli.templates import HANDLERS, render
@@ -41,6 +42,7 @@ from nest.contracts.pools import PoolSettings, PoolsFileError, parse_pools
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
 app.add_typer(scale_app, name="scale")
 app.add_typer(tasks_app, name="tasks")
+app.command("pools")(pools)
 app.add_typer(async_app, name="async")
 app.add_typer(dlq_app, name="dlq")
 out = Console(highlight=False, soft_wrap=True)
@@ -107,6 +109,12 @@ def up(
         bool, typer.Option(help="Let webhooks and callbacks reach loopback and private addresses (SSRF guard off)")
     ] = False,
     nats_url: Annotated[str, typer.Option(help="NATS server for nats: destinations")] = "nats://127.0.0.1:4222",
+    lease_margin: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds an async task's lease outlasts its function's timeout (a crash's tasks rerun then)"
+        ),
+    ] = 30.0,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
@@ -125,7 +133,7 @@ def up(
         pools=pools,
         pools_file=pools_file.resolve() if pools_file is not None else None,
         metrics_grpc=metrics_grpc,
-        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url),
+        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url, lease_margin_s=lease_margin),
     )
     try:
         serve(config)

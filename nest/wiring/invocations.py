@@ -37,6 +37,9 @@ class AsyncConfig:
     allow_private_webhooks: bool = False
     nats_url: str = "nats://127.0.0.1:4222"
     """Where `async.on_success: {nats: SUBJECT}` destinations publish."""
+    lease_margin_s: float = 30.0
+    """`nest up --lease-margin`: a task's lease is its function's timeout plus this, so after a crash its tasks run
+    again that long after they started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,9 @@ async def async_invocations(
     worker_wake: list[DeliveryWorker] = []
     sink = Deliveries(outbox, catalog, wake=lambda: worker_wake[0].wake())
     owner = f"{socket.gethostname()}-{os.getpid()}"
-    dispatcher = Dispatcher(store, ProxyInvoker(proxy), catalog, owner=owner, sink=sink)
+    dispatcher = Dispatcher(
+        store, ProxyInvoker(proxy), catalog, owner=owner, sink=sink, lease_margin_s=config.lease_margin_s
+    )
     worker = DeliveryWorker(
         outbox,
         store,

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from gateway.asyncq.crashpoints import crashpoint
 from gateway.asyncq.delivery.records import (
     DEPTH_KEY,
     Finished,
@@ -154,6 +155,7 @@ class DeliveryWorker:
         delivery = pending.delivery
         try:
             await self.send(delivery)
+            crashpoint("during_delivery")  # sent, not yet recorded as delivered: sent again after a restart
         except DeliveryRefused as exc:
             logger.warning("delivery %s to %s refused: %s", delivery.id, delivery.target, exc)
             await self._outbox.attempt_failed(delivery.id, error=f"refused: {exc}", retry_at=None)

@@ -1,0 +1,363 @@
+"""bench_async: a no-op function run asynchronously, Nest's queue against Celery 5 with a Redis broker.
+
+Both sides run the same work in the same run on the same machine:
+
+- Nest: a real `nest up` (SQLite queue, group commit, `synchronous=FULL`), a no-op function on one warm instance,
+  tasks submitted as `POST /async-function/noop` over keep-alive HTTP connections from `--clients` concurrent
+  clients (a raw asyncio HTTP/1.1 client, so the client's own cost stays small and alike on both sides).
+- Celery 5 (`redis://127.0.0.1:6379`, broker and result backend), a worker started here as a subprocess, the
+  same no-op task submitted with `task.delay()` from `--clients` threads. The worker pool is measured both as
+  prefork (`-c 2`, one process per core) and threads (`-c 16`); the faster one is the baseline.
+
+Throughput (`*_tps`) is end to end: `--tasks` tasks from the first submission until the last one is stored as
+done, everything submitted at once (a backlog forms). Queue wait is measured from the client's send to the
+function's first line (the payload carries the send time, the function returns its start time), both while
+backlogged (the throughput run) and not backlogged (`--idle` tasks sent one at a time, 5 ms apart); Nest's own
+`queued_s` (stored enqueue to lease) is reported beside it. Targets (issue 5): Nest >= 4x Celery's throughput
+(stretch 7x), queue-wait p50 <= 5 ms when not backlogged. Prints one JSON line.
+
+Run: .venv/bin/python -m tests.bench.bench_async [--tasks 5000] [--clients 16] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.conftest import start_platform, stop_platform
+
+NOOP = """
+import json, time
+
+def handle(request):
+    started = time.time()
+    return {"sent": request.json()["sent"], "started": started}
+"""
+NOOP_MANIFEST = "scaling: {min: 1, max: 1}\nconcurrency: 100\nasync: {concurrency: 64}\n"
+CELERY_APP = """
+import time
+from celery import Celery
+
+app = Celery("bench", broker="redis://127.0.0.1:6379/14", backend="redis://127.0.0.1:6379/15")
+app.conf.update(worker_prefetch_multiplier=16, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+
+@app.task(name="noop")
+def noop(sent):
+    return {"sent": sent, "started": time.time()}
+"""
+CELERY_POOLS = {"prefork": ("--pool", "prefork", "-c", "2"), "threads": ("--pool", "threads", "-c", "16")}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p99 in milliseconds."""
+    ordered = sorted(samples)
+    if not ordered:
+        return {"p50_ms": -1.0, "p99_ms": -1.0}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000, 2),
+    }
+
+
+# Nest
+
+
+class _Submitter(asyncio.Protocol):
+    """One keep-alive connection sending `POST /async-function/noop` (a fresh send time each) until `left` is 0."""
+
+    def __init__(self, host: str, left: list[int], done: asyncio.Future[int]) -> None:
+        self.host, self.left, self.done = host, left, done
+        self.buffer = bytearray()
+        self.refused = 0
+        self.transport: asyncio.Transport | None = None
+
+    def send(self) -> None:
+        assert self.transport is not None
+        if self.left[0] <= 0:
+            self.transport.close()
+            return
+        self.left[0] -= 1
+        body = json.dumps({"sent": time.time()}).encode()
+        head = f"POST /async-function/noop HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+        self.transport.write(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head_end = self.buffer.index(b"\r\n\r\n") + 4
+            head = bytes(self.buffer[:head_end]).lower()
+            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            if len(self.buffer) < head_end + length:
+                return
+            del self.buffer[: head_end + length]
+            if head[9:12] != b"202":
+                self.refused += 1
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.refused)
+
+
+async def _submit_all(port: int, tasks: int, clients: int) -> int:
+    loop = asyncio.get_running_loop()
+    left = [tasks]
+    futures = [loop.create_future() for _ in range(clients)]
+    for future in futures:
+        await loop.create_connection(lambda f=future: _Submitter("bench", left, f), "127.0.0.1", port)
+    return sum(await asyncio.gather(*futures))
+
+
+def _nest_rows(db_path: Path, since_seq: int) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return db.execute(
+            "SELECT seq, status, enqueued_at, first_started_at, finished_at, result FROM tasks WHERE seq > ?",
+            (since_seq,),
+        ).fetchall()
+
+
+def _nest_wait_done(db_path: Path, since_seq: int, count: int, timeout_s: float) -> list[tuple[Any, ...]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+            (done,) = db.execute(
+                "SELECT count(*) FROM tasks WHERE seq > ? AND status NOT IN ('queued', 'delayed', 'running')",
+                (since_seq,),
+            ).fetchone()
+        if done >= count:
+            return _nest_rows(db_path, since_seq)
+        time.sleep(0.05)
+    raise RuntimeError(f"only {done} of {count} Nest tasks finished within {timeout_s:.0f}s")
+
+
+def _last_seq(db_path: Path) -> int:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM tasks").fetchone()
+    return int(seq)
+
+
+def _nest_figures(rows: list[tuple[Any, ...]], first_send: float) -> dict[str, Any]:
+    bad = [row for row in rows if row[1] != "succeeded"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} Nest tasks did not succeed, e.g. {bad[0][:5]}")
+    waits, queued = [], []
+    for _, _, enqueued_at, first_started_at, _, result in rows:
+        answer = json.loads(result)
+        waits.append(answer["started"] - answer["sent"])
+        queued.append(first_started_at - enqueued_at)
+    last = max(row[4] for row in rows)
+    return {
+        "tps": round(len(rows) / (last - first_send), 1),
+        "wait": percentiles(waits),
+        "queued_s": percentiles(queued),
+    }
+
+
+def nest_throughput(port: int, db_path: Path, tasks: int, clients: int) -> dict[str, Any]:
+    since = _last_seq(db_path)
+    first_send = time.time()
+    refused = asyncio.run(_submit_all(port, tasks, clients))
+    if refused:
+        raise RuntimeError(f"{refused} submissions were not accepted")
+    return _nest_figures(_nest_wait_done(db_path, since, tasks, timeout_s=300), first_send)
+
+
+def nest_idle(url: str, db_path: Path, tasks: int) -> dict[str, Any]:
+    """One at a time, 5 ms apart: nothing is backlogged."""
+    since = _last_seq(db_path)
+    first_send = time.time()
+    with httpx.Client(base_url=url) as http:
+        for _ in range(tasks):
+            response = http.post("/async-function/noop", json={"sent": time.time()})
+            if response.status_code != 202:
+                raise RuntimeError(f"submission answered {response.status_code}: {response.text}")
+            time.sleep(0.005)
+    figures = _nest_figures(_nest_wait_done(db_path, since, tasks, timeout_s=60), first_send)
+    return {"wait": figures["wait"], "queued_s": figures["queued_s"]}
+
+
+# Celery
+
+
+def start_celery_worker(root: Path, pool: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    (root / "celery_noop.py").write_text(textwrap.dedent(CELERY_APP))
+    log = (root / f"celery-{pool[1]}.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "--loglevel", "warning", *pool]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{pool[1]}@%h"]
+    process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    return process
+
+
+def _celery_app(root: Path) -> Any:
+    sys.path.insert(0, str(root))
+    import celery_noop  # type: ignore[import-not-found]
+
+    return celery_noop
+
+
+def _redis(db: int) -> Any:
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=6379, db=db)
+
+
+def _celery_ready(module: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            module.noop.delay(time.time()).get(timeout=2)
+            return
+        except Exception:  # the worker is still starting
+            time.sleep(0.2)
+    raise RuntimeError("the Celery worker did not answer")
+
+
+def _celery_submit(module: Any, tasks: int, clients: int, timed: bool) -> None:
+    per_client = [tasks // clients + (1 if index < tasks % clients else 0) for index in range(clients)]
+
+    def client(count: int) -> None:
+        for _ in range(count):
+            module.noop.delay(time.time())
+            if timed:
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=client, args=(count,)) for count in per_client]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _celery_collect(count: int, timeout_s: float) -> list[dict[str, Any]]:
+    backend = _redis(15)
+    deadline = time.monotonic() + timeout_s
+    while backend.dbsize() < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {backend.dbsize()} of {count} Celery tasks finished within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    keys = list(backend.scan_iter("celery-task-meta-*", count=1000))
+    return [json.loads(raw) for raw in backend.mget(keys)]
+
+
+def celery_run(module: Any, tasks: int, clients: int, *, idle: bool) -> dict[str, Any]:
+    _redis(15).flushdb()
+    first_send = time.time()
+    _celery_submit(module, tasks, 1 if idle else clients, timed=idle)
+    metas = _celery_collect(tasks, timeout_s=300)
+    if any(meta["status"] != "SUCCESS" for meta in metas):
+        raise RuntimeError("a Celery task failed")
+    waits = [meta["result"]["started"] - meta["result"]["sent"] for meta in metas]
+    last = max(datetime.fromisoformat(meta["date_done"]).timestamp() for meta in metas)
+    return {"tps": round(tasks / (last - first_send), 1), "wait": percentiles(waits)}
+
+
+def celery_rounds(root: Path, pool_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    _redis(14).flushdb()
+    worker = start_celery_worker(root, CELERY_POOLS[pool_name])
+    try:
+        module = _celery_app(root)
+        _celery_ready(module)
+        rounds = [celery_run(module, args.tasks, args.clients, idle=False) for _ in range(args.rounds)]
+        rounds[0]["idle"] = celery_run(module, args.idle, 1, idle=True)
+        return rounds
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def nest_rounds(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    platform = start_platform(root / "data", root / "work")
+    try:
+        platform.deploy("noop", NOOP, NOOP_MANIFEST)
+        platform.wait_for(
+            lambda: any(i["state"] == "ready" for i in platform.describe("noop")["instances"]),  # type: ignore[union-attr]
+            what="a warm instance",
+        )
+        port = int(platform.url.rsplit(":", 1)[1])
+        db_path = platform.data_dir / "tasks.db"
+        nest_throughput(port, db_path, 500, args.clients)  # warm-up
+        rounds = [nest_throughput(port, db_path, args.tasks, args.clients) for _ in range(args.rounds)]
+        rounds[0]["idle"] = nest_idle(platform.url, db_path, args.idle)
+        return rounds
+    finally:
+        stop_platform(platform)
+
+
+def median_of(rounds: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for entry in rounds:
+        value: Any = entry
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return round(statistics.median(values), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle", type=int, default=300, help="tasks sent one at a time for the unloaded wait")
+    args = parser.parse_args()
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        nest = nest_rounds(root, args)
+        celery = {name: celery_rounds(root, name, args) for name in CELERY_POOLS}
+    celery_tps = {name: median_of(rounds, "tps") for name, rounds in celery.items()}
+    best = max(celery_tps, key=lambda name: celery_tps[name])
+    nest_tps = median_of(nest, "tps")
+    print(
+        json.dumps(
+            {
+                "bench": "async",
+                "tasks": args.tasks,
+                "clients": args.clients,
+                "rounds": args.rounds,
+                "sqlite_tps": nest_tps,
+                "sqlite_tps_rounds": [entry["tps"] for entry in nest],
+                "sqlite_idle_wait_p50_ms": nest[0]["idle"]["wait"]["p50_ms"],
+                "sqlite_idle_wait_p99_ms": nest[0]["idle"]["wait"]["p99_ms"],
+                "sqlite_idle_queued_s_p50_ms": nest[0]["idle"]["queued_s"]["p50_ms"],
+                "sqlite_idle_queued_s_p99_ms": nest[0]["idle"]["queued_s"]["p99_ms"],
+                "sqlite_backlog_wait_p50_ms": median_of(nest, "wait", "p50_ms"),
+                "sqlite_backlog_wait_p99_ms": median_of(nest, "wait", "p99_ms"),
+                "celery_pool": best,
+                "celery_tps": celery_tps[best],
+                "celery_tps_by_pool": celery_tps,
+                "celery_idle_wait_p50_ms": celery[best][0]["idle"]["wait"]["p50_ms"],
+                "celery_idle_wait_p99_ms": celery[best][0]["idle"]["wait"]["p99_ms"],
+                "celery_backlog_wait_p50_ms": median_of(celery[best], "wait", "p50_ms"),
+                "celery_backlog_wait_p99_ms": median_of(celery[best], "wait", "p99_ms"),
+                "ratio_sqlite_vs_celery": round(nest_tps / celery_tps[best], 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
