@@ -76,7 +76,7 @@ class Mode(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ScalerState:
     recommendations: tuple[tuple[float, int], ...] = ()
-    """(time, wanted) within the scale-down delay window, oldest first."""
+    """(time, wanted) within the scale-down delay window, oldest first; only those that may still be the maximum."""
     last_active: float | None = None
     """Last time anything was in flight, queued or completed; None before any."""
     started: bool = False
@@ -189,7 +189,10 @@ def _mode(
 
 def _delay(spec: ScalingSpec, state: ScalerState, want: Want, *, now: float) -> tuple[int, str, ScalerState]:
     """Up at once; down only to the highest recommendation within `scale_down_delay_s` ("" = the metric's count)."""
-    kept = tuple(item for item in state.recommendations if now - item[0] < spec.scale_down_delay_s)
+    kept = [item for item in state.recommendations if now - item[0] < spec.scale_down_delay_s]
+    # A sliding-window maximum: a recommendation no larger than a later one can never be the maximum again.
+    while kept and kept[-1][1] <= want.count:
+        kept.pop()
     recommendations = (*kept, (now, want.count))
     held = max(count for _, count in recommendations)
     state = replace(state, recommendations=recommendations)

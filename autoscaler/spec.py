@@ -55,15 +55,13 @@ class Want:
 
 def target_of(spec: ScalingSpec, metric: Metric) -> float | None:
     """What one instance should carry of `metric` at 100% utilisation; None if the spec ignores it."""
-    targets = {
-        Metric.CONCURRENCY: spec.target_concurrency,
-        Metric.QPS: spec.target_qps,
-        Metric.CPU: spec.target_cpu,
-        Metric.MEMORY: spec.target_memory,
-        Metric.QUEUE: spec.target_concurrency,
-        Metric.TREND: spec.target_concurrency,
-    }
-    return targets.get(metric)
+    if metric is Metric.QPS:
+        return spec.target_qps
+    if metric is Metric.CPU:
+        return spec.target_cpu
+    if metric is Metric.MEMORY:
+        return spec.target_memory
+    return spec.target_concurrency  # concurrency, and the queue and trend measured in requests
 
 
 def recorded(

@@ -22,6 +22,7 @@ A clock that steps backwards drops the buckets from its future.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 Bucket = tuple[int, float, float]
@@ -30,9 +31,20 @@ Bucket = tuple[int, float, float]
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Buckets within the last `keep_s` seconds, oldest first. Immutable: `record` returns a new one."""
+    """Buckets within the last `keep_s` seconds, oldest first, as three parallel tuples (sums run in C).
 
-    buckets: tuple[Bucket, ...] = ()
+    Immutable: `record` returns a new one.
+    """
+
+    seconds: tuple[int, ...] = ()
+    totals: tuple[float, ...] = ()
+    """Per bucket: the sum of value x covered seconds."""
+    covered: tuple[float, ...] = ()
+    """Per bucket: the seconds of it that some observation covered."""
+
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        return tuple(zip(self.seconds, self.totals, self.covered, strict=True))
 
 
 def record(window: Window, value: float, *, now: float, interval_s: float, keep_s: float) -> Window:
@@ -41,37 +53,47 @@ def record(window: Window, value: float, *, now: float, interval_s: float, keep_
     A zero-length interval (a point observation, e.g. a poke) records nothing: it covers no time.
     """
     oldest = math.floor(now - keep_s) - 1
+    low, high = bisect_left(window.seconds, oldest), bisect_right(window.seconds, now)
+    seconds, totals, covered = (
+        list(window.seconds[low:high]),
+        list(window.totals[low:high]),
+        list(window.covered[low:high]),
+    )
     start = max(now - max(interval_s, 0.0), float(oldest))
-    merged: dict[int, tuple[float, float]] = {
-        second: (total, covered) for second, total, covered in window.buckets if oldest <= second <= now
-    }
     second = math.floor(start)
     while second < now:
-        covered = min(now, second + 1.0) - max(start, float(second))
-        if covered > 0:
-            total, had = merged.get(second, (0.0, 0.0))
-            merged[second] = (total + value * covered, had + covered)
+        part = min(now, second + 1.0) - max(start, float(second))
+        if part > 0:
+            at = len(seconds) if not seconds or second > seconds[-1] else bisect_left(seconds, second)
+            if at < len(seconds) and seconds[at] == second:
+                totals[at] += value * part
+                covered[at] += part
+            else:
+                seconds.insert(at, second)
+                totals.insert(at, value * part)
+                covered.insert(at, part)
         second += 1
-    return Window(tuple((second, *merged[second]) for second in sorted(merged)))
+    return Window(tuple(seconds), tuple(totals), tuple(covered))
 
 
-def _within(window: Window, *, now: float, length_s: float) -> list[Bucket]:
-    cutoff = now - length_s - 1.0
-    return [bucket for bucket in window.buckets if cutoff < bucket[0] <= now]
+def _first(window: Window, *, now: float, length_s: float) -> tuple[int, int]:
+    """Index range of the buckets within `(now - length_s - 1, now]`."""
+    return bisect_right(window.seconds, now - length_s - 1.0), bisect_right(window.seconds, now)
 
 
 def average(window: Window, *, now: float, length_s: float) -> float | None:
     """Time-weighted mean over the covered seconds of the last `length_s`; None if none is covered."""
-    buckets = _within(window, now=now, length_s=length_s)
-    covered = sum(bucket[2] for bucket in buckets)
+    low, high = _first(window, now=now, length_s=length_s)
+    covered = sum(window.covered[low:high])
     if covered <= 0:
         return None
-    return sum(bucket[1] for bucket in buckets) / covered
+    return sum(window.totals[low:high]) / covered
 
 
 def covered_s(window: Window, *, now: float, length_s: float) -> float:
     """How many seconds of the last `length_s` have a value."""
-    return sum(bucket[2] for bucket in _within(window, now=now, length_s=length_s))
+    low, high = _first(window, now=now, length_s=length_s)
+    return sum(window.covered[low:high])
 
 
 def projected(window: Window, *, now: float, length_s: float, ahead_s: float, min_points: int = 3) -> float | None:
@@ -80,7 +102,14 @@ def projected(window: Window, *, now: float, length_s: float, ahead_s: float, mi
     Each bucket is a point at its middle, weighted by its covered time. None with fewer than `min_points`
     buckets (no trend from one or two seconds).
     """
-    buckets = [bucket for bucket in _within(window, now=now, length_s=length_s) if bucket[2] > 0]
+    low, high = _first(window, now=now, length_s=length_s)
+    buckets = [
+        (second, total, covered)
+        for second, total, covered in zip(
+            window.seconds[low:high], window.totals[low:high], window.covered[low:high], strict=True
+        )
+        if covered > 0
+    ]
     if len(buckets) < min_points:
         return None
     weight = sum(covered for _, _, covered in buckets)
