@@ -16,20 +16,58 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import marshal
 import mmap
 import os
 import posixpath
 import sys
 from typing import TYPE_CHECKING
 
-from nest.contracts.chunks import parse_manifest
-from runtime.unpack import ARCHIVE_FILE, ARCHIVE_MANIFEST
-
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import ModuleType
 
     from nest.contracts.chunks import PackageManifest
+
+ARCHIVE_FILE = "files.bin"
+"""The raw stream of every file's bytes, in manifest order."""
+ARCHIVE_INDEX = "index.marshal"
+"""`build_index` of the manifest, written with the archive: loading it takes ~0.3 ms where parsing the manifest
+and deriving module names took ~5 ms for 1,300 files, on every start (a warm node cache must add <= 2 ms)."""
+
+Index = tuple[dict[str, tuple[int, int]], dict[str, tuple[str | None, bool]]]
+"""(file -> (start, size) in the stream, module name -> (file or None for a namespace package, is a package))"""
+
+
+def build_index(manifest: PackageManifest) -> Index:
+    """Pure: where each file's bytes are, and which module each `.py` file (or directory) is, as the path finder
+    would see the tree: `__init__.py` makes a package, a directory without one a namespace package."""
+    starts = manifest.chunk_starts()
+    ranges = {
+        entry.path: ((starts[entry.chunk] if starts else 0) + entry.offset, entry.size) for entry in manifest.files
+    }
+    for link in manifest.links:  # a symlink to a file reads as the file
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
+        if target in ranges:
+            ranges[link.path] = ranges[target]
+    modules: dict[str, tuple[str | None, bool]] = {}
+    for path in sorted(ranges):
+        if not path.endswith(".py"):
+            continue
+        parts = path[:-3].split("/")
+        if parts[-1] == "__init__":
+            modules[".".join(parts[:-1])] = (path, True)
+        elif ".".join(parts) not in modules:
+            modules[".".join(parts)] = (path, False)
+        for depth in range(1, len(parts)):
+            modules.setdefault(".".join(parts[:depth]), (None, True))
+    modules.pop("", None)
+    return ranges, modules
+
+
+def write_index(directory: str, manifest: PackageManifest) -> None:
+    with open(os.path.join(directory, ARCHIVE_INDEX), "wb") as file:
+        marshal.dump(build_index(manifest), file)
 
 
 def is_archive(code_dir: str) -> bool:
@@ -38,40 +76,23 @@ def is_archive(code_dir: str) -> bool:
 
 def install(code_dir: str) -> ArchiveFinder:
     """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder)."""
-    with open(os.path.join(code_dir, ARCHIVE_MANIFEST), "rb") as file:
-        manifest = parse_manifest(file.read())
-    finder = ArchiveFinder(code_dir, manifest)
+    with open(os.path.join(code_dir, ARCHIVE_INDEX), "rb") as file:
+        ranges, modules = marshal.load(file)
+    finder = ArchiveFinder(code_dir, ranges, modules)
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)
     return finder
 
 
 class ArchiveFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, code_dir: str, manifest: PackageManifest) -> None:
+    def __init__(
+        self, code_dir: str, ranges: dict[str, tuple[int, int]], modules: dict[str, tuple[str | None, bool]]
+    ) -> None:
         self.code_dir = code_dir
+        self._ranges, self._modules = ranges, modules
         with open(os.path.join(code_dir, ARCHIVE_FILE), "rb") as file:
-            self._data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if manifest.unpacked_bytes else b""
-        starts = manifest.chunk_starts()
-        self._ranges = {
-            entry.path: ((starts[entry.chunk] if starts else 0) + entry.offset, entry.size) for entry in manifest.files
-        }
-        for link in manifest.links:  # a symlink to a file reads as the file
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
-            if target in self._ranges:
-                self._ranges[link.path] = self._ranges[target]
-        self._modules: dict[str, tuple[str | None, bool]] = {}
-        """module name -> (file inside the package or None for a namespace package, is a package)"""
-        for path in sorted(self._ranges):
-            if not path.endswith(".py"):
-                continue
-            parts = path[:-3].split("/")
-            if parts[-1] == "__init__":
-                self._modules[".".join(parts[:-1])] = (path, True)
-            elif ".".join(parts) not in self._modules:
-                self._modules[".".join(parts)] = (path, False)
-            for depth in range(1, len(parts)):
-                self._modules.setdefault(".".join(parts[:depth]), (None, True))
-        self._modules.pop("", None)
+            empty = os.fstat(file.fileno()).st_size == 0
+            self._data = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def read(self, path: str) -> bytes:
         """The bytes of a package file, by absolute path or path inside the package; `FileNotFoundError` if none."""

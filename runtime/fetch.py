@@ -7,8 +7,8 @@ once (`runtime/unpack.py` fetches chunks in parallel); each thread keeps its own
 chunk in about half the time and costs no import on the cold path.
 
 A chunk whose sha256 does not match is fetched again (`ATTEMPTS` in all), never returned: corrupted bytes cannot
-reach the decompressor, let alone an import. The manifest is checked against its digest and re-validated
-(`nest/contracts/chunks.py`) even though the controller did so at deploy: the node trusts digests, not servers.
+reach the decompressor, let alone an import. The manifest is checked against the digest the controller gave the
+instance, which makes it the manifest the controller validated at deploy: the node trusts digests, not servers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from nest.contracts.chunks import MAX_MANIFEST_BYTES, PackageManifest, parse_manifest
+from nest.contracts.chunks import MAX_MANIFEST_BYTES, PackageManifest, load_verified_manifest
 
 if TYPE_CHECKING:
     from nest.contracts.chunks import ChunkRef
@@ -55,7 +55,7 @@ class HttpChunkSource:
         for attempt in range(1, ATTEMPTS + 1):
             data = self._get(f"manifests/{digest}", MAX_MANIFEST_BYTES)
             if hashlib.sha256(data).hexdigest() == digest:
-                return parse_manifest(data)
+                return load_verified_manifest(data)
             self._mismatch("manifest", digest, attempt)
         raise AssertionError("unreachable")
 

@@ -29,15 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nest.contracts.chunks import Layout, decompress
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from nest.contracts.chunks import ChunkRef, PackageManifest
 
-ARCHIVE_FILE = "files.bin"
-"""`layout: archive`: the raw stream of every file's bytes, in manifest order (imported from by runtime/archive.py)."""
-ARCHIVE_MANIFEST = "manifest.json"
 
 THREADS = 4
 """Chunks in flight at once: fetching waits on the network, so more than the two cores here pays (measured)."""
@@ -161,8 +159,8 @@ class _ArchiveWriter:
 
 
 def _seal_archive(staging: Path, manifest: PackageManifest) -> None:
-    (staging / ARCHIVE_MANIFEST).write_bytes(manifest.to_bytes())
-    for name in (ARCHIVE_FILE, ARCHIVE_MANIFEST):
+    write_index(str(staging), manifest)
+    for name in (ARCHIVE_FILE, ARCHIVE_INDEX):
         os.chmod(staging / name, 0o444)
     os.chmod(staging, 0o555)
 

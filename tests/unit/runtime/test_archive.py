@@ -10,8 +10,8 @@ import pytest
 
 from nest.cli.packaging import build_chunked
 from nest.contracts.chunks import Codec, Layout
-from runtime.archive import install, is_archive
-from runtime.unpack import ARCHIVE_FILE, cache_dir_for, ensure_package
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, install, is_archive
+from runtime.unpack import cache_dir_for, ensure_package
 from tests.fakes.chunk_source import FakeChunkSource
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def archive(tmp_path: Path) -> Iterator[str]:
 
 def test_an_archive_is_one_file_and_modules_import_from_it(archive: str) -> None:
     assert is_archive(archive)
-    assert sorted(os.listdir(archive)) == [ARCHIVE_FILE, "manifest.json"]
+    assert sorted(os.listdir(archive)) == sorted([ARCHIVE_FILE, ARCHIVE_INDEX])
     main = importlib.import_module("archived_main")
     assert main.VALUE == 42
     assert main.__file__ == f"{archive}/archived_main.py"

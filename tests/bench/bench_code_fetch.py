@@ -1,0 +1,281 @@
+"""bench_code_fetch: a 20 MB package of Python sources, from the code store of a real `nest up` to an importable
+handler on a cold node cache, by mode:
+
+- serial uncompressed: `package.codec: none`, one thread (fetch, write, chunk after chunk);
+- parallel zstd / parallel lz4: the defaults, `runtime.unpack.THREADS` chunks in flight.
+
+Each trial materialises into a fresh cache directory (`runtime.unpack.ensure_package`, the instance's own code
+path) and imports the handler, which imports a few of the generated modules. Measured in the same run: the raw
+single-thread decompression rate of each codec over the same chunks (the reference), tarfile extraction of the
+same tree (what the layout avoids), materialising from memory (no network), fetching all chunks serially with
+http.client and with httpx, and the warm-cache check. Modes are interleaved; figures are medians.
+
+Targets (issue 4): end to end >= 0.5x the raw single-thread decompression rate; parallel >= 1.6x serial; the warm
+node cache adds <= 2 ms. Prints one JSON line.
+
+Run: .venv/bin/python -m tests.bench.bench_code_fetch [--trials 7] [--megabytes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import random
+import shutil
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nest.cli.packaging import BuiltPackage, build_chunked
+from nest.contracts.chunks import Codec, Layout, decompress
+from runtime.archive import install, is_archive
+from runtime.fetch import HttpChunkSource
+from runtime.unpack import THREADS, ensure_package
+from tests.fakes.chunk_source import FakeChunkSource
+from tests.integration.conftest import start_platform, stop_platform
+
+WORDS = [
+    "self",
+    "value",
+    "result",
+    "items",
+    "data",
+    "name",
+    "index",
+    "count",
+    "total",
+    "cache",
+    "key",
+    "node",
+    "path",
+    "item",
+    "config",
+    "state",
+]
+MODES = {"serial_none": (Codec.NONE, 1), "parallel_zstd": (Codec.ZSTD, THREADS), "parallel_lz4": (Codec.LZ4, THREADS)}
+LAYOUTS = (Layout.ARCHIVE, Layout.TREE)
+
+
+def generate(root: Path, megabytes: float, seed: int = 20) -> tuple[int, int]:
+    """Packages of Python modules, 2-30 KB each, until `megabytes`; main.py imports a few. Returns (files, bytes)."""
+    rng = random.Random(seed)
+    total, files, package = 0, 0, 0
+    while total < megabytes * 1e6:
+        directory = root / f"pkg_{package:03}"
+        directory.mkdir(parents=True)
+        (directory / "__init__.py").write_text("")
+        for index in range(40):
+            lines = [f'"""Module {index} of package {package}."""', "", "import os", ""]
+            target = rng.randint(2_000, 30_000)
+            size = 0
+            while size < target:
+                name = f"{rng.choice(WORDS)}_{rng.randrange(10**5)}"
+                body = f"    return {rng.choice(WORDS)} + {rng.randrange(10**6)} * len({rng.choice(WORDS)})"
+                first, second = rng.sample(WORDS, 2)
+                function = f"def {name}({first}, {second}=None):\n{body}\n\n"
+                lines.append(function)
+                size += len(function)
+            text = "\n".join(lines)
+            (directory / f"module_{index:02}.py").write_text(text)
+            total += len(text)
+            files += 1
+        package += 1
+    imports = "\n".join(f"import pkg_{p:03}.module_00" for p in range(min(package, 5)))
+    (root / "main.py").write_text(f"{imports}\n\n\ndef handle(request):\n    return 'ok'\n")
+    return files + package + 2, total
+
+
+def cold_start(source: HttpChunkSource, digest: str, cache: Path, threads: int) -> float:
+    """Milliseconds from nothing on the node to `main` imported."""
+    target = cache / digest[:2] / digest
+    started = time.perf_counter()
+    ensure_package(target, digest, source, threads=threads)
+    finder = install(str(target)) if is_archive(str(target)) else None
+    sys.path.insert(0, str(target))
+    try:
+        importlib.import_module("main")
+    finally:
+        sys.path.remove(str(target))
+        if finder is not None:
+            sys.meta_path.remove(finder)
+        for module in [m for m in sys.modules if m == "main" or m.startswith("pkg_")]:
+            del sys.modules[module]
+        importlib.invalidate_caches()
+    return (time.perf_counter() - started) * 1000
+
+
+def raw_rate(built: BuiltPackage) -> float:
+    """MB/s of raw output decompressing every chunk in one thread (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for ref, chunk in zip(built.manifest.chunks, built.chunks, strict=True):
+            decompress(built.manifest.codec, chunk, ref.raw_size)
+        best = min(best, time.perf_counter() - started)
+    return built.manifest.unpacked_bytes / best / 1e6
+
+
+def tarfile_rate(tree: Path, scratch: Path) -> float:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        archive.add(tree, arcname=".")
+    size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+    times = []
+    for trial in range(3):
+        buffer.seek(0)
+        target = scratch / f"tar-{trial}"
+        started = time.perf_counter()
+        with tarfile.open(fileobj=buffer, mode="r") as archive:
+            archive.extractall(target, filter="data")
+        times.append(time.perf_counter() - started)
+    return size / statistics.median(times) / 1e6
+
+
+def local_rate(built: BuiltPackage, scratch: Path) -> float:
+    """MB/s materialising from memory with the default threads: decompress and write, no network."""
+    times = []
+    for trial in range(3):
+        source = FakeChunkSource(built.manifest, built.chunks)
+        started = time.perf_counter()
+        ensure_package(scratch / f"local-{trial}" / "tree", built.manifest.digest, source)
+        times.append(time.perf_counter() - started)
+    return built.manifest.unpacked_bytes / statistics.median(times) / 1e6
+
+
+def fetch_rates(url: str, built: BuiltPackage) -> dict[str, float]:
+    """MB/s fetching every chunk serially on one keep-alive connection, http.client vs httpx (median of 3)."""
+    size = sum(ref.size for ref in built.manifest.chunks)
+    rates: dict[str, float] = {}
+    with HttpChunkSource(url) as source:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for ref in built.manifest.chunks:
+                source.chunk(ref)
+            times.append(time.perf_counter() - started)
+        rates["http_client"] = size / statistics.median(times) / 1e6
+    with httpx.Client(base_url=url) as client:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for ref in built.manifest.chunks:
+                client.get(f"/chunks/{ref.digest}").raise_for_status()
+            times.append(time.perf_counter() - started)
+        rates["httpx"] = size / statistics.median(times) / 1e6
+    return {name: round(rate, 1) for name, rate in rates.items()}
+
+
+def deploy_all(url: str, tree: Path) -> dict[str, BuiltPackage]:
+    """Every mode in every layout, keyed `<layout>/<mode>`."""
+    built = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for layout in LAYOUTS:
+            for mode, (codec, _) in MODES.items():
+                name = f"bench-{layout}-{mode.replace('_', '-')}"
+                (tree / "nest.yaml").write_text(f"name: {name}\npackage: {{codec: {codec}, layout: {layout}}}\n")
+                package = built[f"{layout}/{mode}"] = build_chunked(tree, codec=codec, layout=layout)
+                client.put(f"/api/v1/functions/{name}", content=package.bundle()).raise_for_status()
+    return built
+
+
+def run_trials(url: str, built: dict[str, BuiltPackage], scratch: Path, trials: int) -> dict[str, list[float]]:
+    """Cold node cache each time; variants interleaved so that machine noise hits all alike."""
+    times: dict[str, list[float]] = {variant: [] for variant in built}
+    for trial in range(trials):
+        for variant, package in built.items():
+            threads = MODES[variant.split("/")[1]][1]
+            cache = scratch / "cache" / f"{variant.replace('/', '-')}-{trial}"
+            with HttpChunkSource(url) as source:
+                times[variant].append(cold_start(source, package.manifest.digest, cache, threads))
+            shutil.rmtree(scratch / "cache" / f"{variant.replace('/', '-')}-{trial - 1}", ignore_errors=True)
+    return times
+
+
+def warm_ms(url: str, package: BuiltPackage, cache: Path) -> float:
+    """What a start finds on a warm node cache costs: the check, and for an archive loading its index."""
+    digest = package.manifest.digest
+    with HttpChunkSource(url) as source:
+        ensure_package(cache / digest[:2] / digest, digest, source)
+        warm = []
+        for _ in range(200):
+            started = time.perf_counter()
+            ensure_package(cache / digest[:2] / digest, digest, source)
+            finder = install(str(cache / digest[:2] / digest)) if is_archive(str(cache / digest[:2] / digest)) else None
+            warm.append((time.perf_counter() - started) * 1000)
+            if finder is not None:
+                sys.meta_path.remove(finder)
+    return round(statistics.median(warm), 4)
+
+
+def summary(built: dict[str, BuiltPackage], times: dict[str, list[float]], raw: dict[str, float]) -> dict[str, Any]:
+    unpacked = built["tree/parallel_zstd"].manifest.unpacked_bytes
+    by_layout: dict[str, Any] = {}
+    for layout in LAYOUTS:
+        medians = {mode: round(statistics.median(times[f"{layout}/{mode}"]), 1) for mode in MODES}
+        rates = {mode: round(unpacked / (ms / 1000) / 1e6, 1) for mode, ms in medians.items()}
+        by_layout[str(layout)] = {
+            "cold_to_importable_ms_p50": medians,
+            "end_to_end_mb_s": rates,
+            "end_to_end_vs_raw": {c: round(rates[f"parallel_{c}"] / raw[c], 2) for c in ("zstd", "lz4")},
+            "parallel_vs_serial": {
+                c: round(medians["serial_none"] / medians[f"parallel_{c}"], 2) for c in ("zstd", "lz4")
+            },
+        }
+    return by_layout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=7)
+    parser.add_argument("--megabytes", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-code-") as scratch_name:
+        scratch = Path(scratch_name)
+        files, source_bytes = generate(scratch / "tree", args.megabytes)
+        platform = start_platform(scratch / "data", scratch / "work")
+        try:
+            built = deploy_all(platform.url, scratch / "tree")
+            code_url = f"{platform.url}/api/v1/code"
+            times = run_trials(code_url, built, scratch, args.trials)
+            warm = {str(lay): warm_ms(code_url, built[f"{lay}/parallel_zstd"], scratch / "warm") for lay in LAYOUTS}
+            fetch = fetch_rates(code_url, built["tree/parallel_zstd"])
+        finally:
+            stop_platform(platform)
+        raw = {codec: round(raw_rate(built[f"tree/parallel_{codec}"]), 1) for codec in ("zstd", "lz4")}
+        tar_rate = round(tarfile_rate(scratch / "tree", scratch), 1)
+        local = round(local_rate(built["tree/parallel_zstd"], scratch), 1)
+    layouts = summary(built, times, raw)
+    archive = layouts["archive"]
+    result = {
+        "bench": "code_fetch",
+        "files": files,
+        "source_mb": round(source_bytes / 1e6, 1),
+        "chunks": len(built["tree/parallel_zstd"].manifest.chunks),
+        "compressed_mb": {m: round(sum(r.size for r in built[f"tree/{m}"].manifest.chunks) / 1e6, 2) for m in MODES},
+        "threads": THREADS,
+        "trials": args.trials,
+        "raw_single_thread_decompress_mb_s": raw,
+        **layouts,
+        "warm_cache_ms_p50": warm,
+        "tarfile_extract_mb_s": tar_rate,
+        "tree_from_memory_mb_s": local,
+        "serial_fetch_mb_s": fetch,
+        "targets_archive": {
+            "end_to_end_ge_half_raw": archive["end_to_end_vs_raw"]["zstd"] >= 0.5,
+            "parallel_ge_1_6x_serial": min(archive["parallel_vs_serial"].values()) >= 1.6,
+            "warm_cache_le_2ms": max(warm.values()) <= 2.0,
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
