@@ -100,7 +100,12 @@ class InvocationApp:
         extra = [(b"x-nest-invocation-id", invocation_id.encode())]
         try:
             if self.config.style == "lambda":
-                event = lambda_.build_event(scope, body, invocation_id=invocation_id)
+                direct = _has_header(scope, lambda_.DIRECT_HEADER)
+                event = (
+                    lambda_.direct_event(body)
+                    if direct
+                    else lambda_.build_event(scope, body, invocation_id=invocation_id)
+                )
                 context = lambda_.LambdaContext(
                     function_name=self.config.function,
                     function_version=self.config.version,
@@ -109,7 +114,7 @@ class InvocationApp:
                     deadline=asyncio.get_running_loop().time() + self.config.timeout_s,
                 )
                 result = await self._run(self.handler, event, context)
-                status, headers, payload = lambda_.to_response(result)
+                status, headers, payload = lambda_.direct_response(result) if direct else lambda_.to_response(result)
             else:
                 request = native.build_request(scope, body, invocation_id=invocation_id, function=self.config.function)
                 result = await self._run(self.handler, request)
@@ -269,3 +274,7 @@ class _Watch:
             task.cancel()
 
     stop = disarm
+
+
+def _has_header(scope: Scope, name: bytes) -> bool:
+    return any(key == name for key, _ in scope["headers"])

@@ -70,12 +70,30 @@ class ProxyInvoker:
         self._app = app
 
     async def invoke(self, task: Task, *, call_id: str) -> Answer:
-        method = task.request.get("method", "POST")
-        path = task.request.get("path", "/") or "/"
-        headers = [(b"x-call-id", call_id.encode()), (b"content-length", str(len(task.payload)).encode())]
+        headers = [(b"x-call-id", call_id.encode())]
         if "content_type" in task.request:
             headers.append((b"content-type", task.request["content_type"].encode()))
-        full_path = f"/function/{task.function}" + ("" if path == "/" else path)
+        return await self.call(
+            task.function,
+            method=task.request.get("method", "POST"),
+            path=task.request.get("path", "/") or "/",
+            query=task.request.get("query", ""),
+            body=task.payload,
+            headers=headers,
+        )
+
+    async def call(
+        self,
+        function: str,
+        *,
+        method: str = "POST",
+        path: str = "/",
+        query: str = "",
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> Answer:
+        """One request to the function through the gateway's per-request path, answered in full."""
+        full_path = f"/function/{function}" + ("" if path == "/" else path if path.startswith("/") else "/" + path)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -84,10 +102,10 @@ class ProxyInvoker:
             "scheme": "http",
             "path": full_path,
             "raw_path": full_path.encode(),
-            "query_string": task.request.get("query", "").encode(),
-            "headers": headers,
+            "query_string": query.encode(),
+            "headers": [*(headers or []), (b"content-length", str(len(body)).encode())],
             "client": ("127.0.0.1", 0),
-            "server": ("nest-dispatcher", 0),
+            "server": ("nest-gateway", 0),
         }
         delivered = False
         status = 500
@@ -98,8 +116,8 @@ class ProxyInvoker:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": task.payload, "more_body": False}
-            # Never answer a disconnect: the dispatcher does not go away; the proxy's timeouts bound the wait.
+                return {"type": "http.request", "body": body, "more_body": False}
+            # Never answer a disconnect: the caller does not go away; the proxy's timeouts bound the wait.
             await _forever()
             raise AssertionError("unreachable")
 

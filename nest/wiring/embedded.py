@@ -117,7 +117,7 @@ async def run(config: EmbeddedConfig) -> None:
         registry=registry,
         ready=lambda: state["ready"],
         max_package_bytes=config.max_package_bytes,
-        extra_routes=invocations.api.routes(),
+        extra_routes=invocations.routes(),
     )
     server = gateway_server(config, app)
     try:

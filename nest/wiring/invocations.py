@@ -20,9 +20,12 @@ from gateway.asyncq.delivery.worker import Deliveries, DeliveryWorker
 from gateway.asyncq.dispatcher import Dispatcher
 from gateway.asyncq.invoking import ProxyInvoker
 from gateway.asyncq.sqlite import SqliteTaskQueue
+from gateway.triggers.lambda_invoke import LambdaInvokeApi
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from starlette.routing import BaseRoute
 
     from gateway.asyncq.api import TaskStore
     from gateway.proxy import FunctionProxy
@@ -49,6 +52,10 @@ class AsyncInvocations:
     dispatcher: Dispatcher
     worker: DeliveryWorker
     api: AsyncApi
+    lambda_api: LambdaInvokeApi
+
+    def routes(self) -> list[BaseRoute]:
+        return [*self.api.routes(), *self.lambda_api.routes()]
 
     async def close(self) -> None:
         await self.worker.close()
@@ -68,9 +75,8 @@ async def async_invocations(
     worker_wake: list[DeliveryWorker] = []
     sink = Deliveries(outbox, catalog, wake=lambda: worker_wake[0].wake())
     owner = f"{socket.gethostname()}-{os.getpid()}"
-    dispatcher = Dispatcher(
-        store, ProxyInvoker(proxy), catalog, owner=owner, sink=sink, lease_margin_s=config.lease_margin_s
-    )
+    invoker = ProxyInvoker(proxy)
+    dispatcher = Dispatcher(store, invoker, catalog, owner=owner, sink=sink, lease_margin_s=config.lease_margin_s)
     worker = DeliveryWorker(
         outbox,
         store,
@@ -82,7 +88,7 @@ async def async_invocations(
     )
     worker_wake.append(worker)
     api = AsyncApi(store, catalog, wake=dispatcher.wake, deliveries=outbox.for_call)
-    return AsyncInvocations(queue, outbox, dispatcher, worker, api)
+    return AsyncInvocations(queue, outbox, dispatcher, worker, api, LambdaInvokeApi(invoker, catalog, api))
 
 
 def webhook_secret(data_dir: Path) -> str:

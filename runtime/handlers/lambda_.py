@@ -3,6 +3,9 @@ calls it behind an HTTP API, and the result mapped back the way API Gateway does
 
 A dict with `statusCode` is a full response (`headers`, `body`, `isBase64Encoded`); any other value is a 200 JSON
 body, as API Gateway infers for payload 2.0.
+
+A request carrying `x-nest-lambda-direct` comes from the Lambda Invoke API (`POST /2015-03-31/functions/NAME/
+invocations`): the body *is* the event (JSON), and the result goes back as JSON unchanged, as Lambda's Invoke does.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+DIRECT_HEADER = b"x-nest-lambda-direct"
+
+
+def direct_event(body: bytes) -> Any:
+    """The Invoke API's event: the payload's JSON (None for an empty payload)."""
+    return json.loads(body) if body.strip() else None
+
+
+def direct_response(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return 200, [JSON], json.dumps(result, separators=(",", ":"), default=str).encode()
 
 
 def build_event(scope: dict[str, Any], body: bytes, *, invocation_id: str) -> dict[str, Any]:
