@@ -38,6 +38,8 @@ class RoutingTable:
         self._buffer_size = buffer_size
         self._clock = clock
         self._paths = PathTable.build({})
+        self.async_waiting: Callable[[str], int] | None = None
+        """Async tasks of a function the dispatcher holds ready to start: queued work for the autoscaler."""
         self.on_endpoint_removed: Callable[[str], None] | None = None
         """Called with the socket path of an instance that left, so the proxy can drop its idle connections."""
 
@@ -115,9 +117,16 @@ class RoutingTable:
         for key, gate in list(self.gates.items()):
             traffic = gate.traffic
             mean, interval, completed = traffic.collect(now)
-            result.append(VersionTraffic(key, mean, traffic.in_flight, traffic.queued, completed, interval))
+            queued = traffic.queued
+            if self.async_waiting is not None and self._is_live(key):
+                queued += self.async_waiting(key.function)
+            result.append(VersionTraffic(key, mean, traffic.in_flight, queued, completed, interval))
             self._drop_if_idle(key)
         return result
+
+    def _is_live(self, key: VersionKey) -> bool:
+        route = self.routes.get(key.function)
+        return route is not None and route.key == key
 
     def _drop_if_idle(self, key: VersionKey) -> None:
         route = self.routes.get(key.function)

@@ -258,6 +258,14 @@ class Dispatcher:
             self._rate_config, state, succeeded=succeeded, throttled=throttled, backlog=backlog, now=self._clock()
         )
 
+    def waiting(self, function: str) -> int:
+        """Due tasks of the function that its async concurrency would let start now (as of the last round)."""
+        settings = self._catalog.async_settings(function)
+        if settings is None:
+            return 0
+        free = max(0, settings.concurrency - self.running[function])
+        return min(self._backlog.get(function, 0), free)
+
     def rate(self, function: str) -> float:
         state = self._rates.get(function)
         return state.rate if state is not None else self._rate_config.initial_rate

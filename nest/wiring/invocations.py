@@ -87,6 +87,7 @@ async def async_invocations(
         on_submitted=dispatcher.wake,
     )
     worker_wake.append(worker)
+    table.async_waiting = dispatcher.waiting
     api = AsyncApi(store, catalog, wake=dispatcher.wake, deliveries=outbox.for_call)
     return AsyncInvocations(queue, outbox, dispatcher, worker, api, LambdaInvokeApi(invoker, catalog, api))
 
