@@ -1,0 +1,245 @@
+"""The JetStream primitives the queue is built from: streams and buckets, records with compare-and-set, publish,
+and pulls that never wait.
+
+A pull asks the consumer for up to `batch` messages with `no_wait`: the server answers at once with what it
+can deliver now (or "no messages"), so `lease` costs one round trip and an empty queue is not a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from gateway.asyncq.jetstream.records import PREFIX_PATTERN, Naming, Record, decode_record
+from nest.contracts.errors import InvalidInput, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.kv import KeyValue
+
+PULL_TIMEOUT_S = 2.0
+"""How long a `no_wait` pull may take to answer at all (the server answers at once unless it is in trouble)."""
+PAUSED_KEY = "paused"
+
+
+class JetStreamStore:
+    """One connection to NATS and the streams and buckets under `prefix`."""
+
+    def __init__(self, url: str, *, prefix: str, shards: int, duplicate_window_s: float, replicas: int) -> None:
+        if not PREFIX_PATTERN.match(prefix):
+            raise InvalidInput("prefix", f"{prefix!r} must be a letter then up to 31 letters, digits, '_' or '-'")
+        if not 1 <= shards <= 64:
+            raise InvalidInput("shards", f"{shards} is not from 1 to 64")
+        self.url = url
+        self.naming = Naming(prefix, shards)
+        self._duplicate_window_s = duplicate_window_s
+        self._replicas = replicas
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._buckets: dict[str, KeyValue] = {}
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("the JetStream task queue is not open")
+        return self._js
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("the JetStream task queue is not open")
+        return self._nc
+
+    async def open(self, *, connect_timeout_s: float = 5.0) -> None:
+        self._nc = await nats.connect(self.url, connect_timeout=connect_timeout_s, allow_reconnect=True)
+        self._js = self._nc.jetstream()
+        naming = self.naming
+        for shard in range(naming.shards):
+            await self._ensure_stream(
+                api.StreamConfig(
+                    name=naming.stream(shard),
+                    subjects=[naming.stream_subjects(shard)],
+                    retention=api.RetentionPolicy.WORK_QUEUE,
+                    storage=api.StorageType.FILE,
+                    duplicate_window=self._duplicate_window_s,
+                    num_replicas=self._replicas,
+                )
+            )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=naming.dead_stream,
+                subjects=[f"{naming.prefix}.dlq.>"],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=self._replicas,
+            )
+        )
+        for role in ("tasks", "idem", "control"):
+            name = naming.bucket(role)
+            self._buckets[role] = await self.js.create_key_value(
+                api.KeyValueConfig(bucket=name, history=1, replicas=self._replicas, storage=api.StorageType.FILE)
+            )
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)  # created before with another setting we own: take ours
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            nc, self._nc, self._js = self._nc, None, None
+            await nc.drain()
+
+    async def destroy(self) -> None:
+        """Delete every stream and bucket under the prefix (tests; `nest` never calls it)."""
+        for shard in range(self.naming.shards):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_stream(self.naming.stream(shard))
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_stream(self.naming.dead_stream)
+        for role in ("tasks", "idem", "control"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_key_value(self.naming.bucket(role))
+
+    def bucket(self, role: str) -> KeyValue:
+        return self._buckets[role]
+
+    # task records
+
+    async def record(self, task_id: str) -> tuple[Record, int] | None:
+        """The task's record and its revision (for `swap`), or None."""
+        try:
+            entry = await self.bucket("tasks").get(task_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return decode_record(entry.value), entry.revision
+
+    async def create(self, record: Record) -> int | None:
+        """Store a new record; None if one exists already."""
+        try:
+            return await self.bucket("tasks").create(record.task.id, record.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def swap(self, record: Record, revision: int) -> bool:
+        """Replace the record if it is still at `revision` (compare-and-set); False if someone changed it."""
+        try:
+            await self.bucket("tasks").update(record.task.id, record.encode(), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def forget(self, task_id: str) -> None:
+        await self.bucket("tasks").purge(task_id)
+
+    async def records(self) -> AsyncIterator[Record]:
+        """Every task record (a full scan: for the administrative calls only)."""
+        watcher = await self.bucket("tasks").watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    return
+                if entry.value:
+                    yield decode_record(entry.value)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # messages
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> tuple[str, int]:
+        """Durably store a message (returns once the stream has it); (stream, sequence)."""
+        try:
+            ack = await self.js.publish(subject, payload, headers=headers)
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLarge("async request body", self.nc.max_payload - 4096) from None
+        return ack.stream, ack.seq
+
+    async def payload(self, stream: str | None, seq: int | None) -> bytes:
+        if stream is None or seq is None:
+            return b""
+        try:
+            message = await self.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            return b""
+        return message.data or b""
+
+    async def delete(self, stream: str | None, seq: int | None) -> None:
+        if stream is not None and seq is not None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_msg(stream, seq)
+
+    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        try:
+            await self.js.add_consumer(stream, config)
+        except nats.js.errors.BadRequestError:
+            await self.js.add_consumer(stream, config)  # 2.9 updates editable fields (ack_wait) of a durable
+
+    async def pull(self, stream: str, consumer: str, batch: int) -> list[Msg]:
+        """Up to `batch` messages the consumer can deliver now; never waits for new ones."""
+        inbox = self.nc.new_inbox()
+        subscription = await self.nc.subscribe(inbox)
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        messages: list[Msg] = []
+        try:
+            await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, reply=inbox)
+            while len(messages) < batch:
+                try:
+                    message = await subscription.next_msg(timeout=PULL_TIMEOUT_S)
+                except TimeoutError:
+                    break
+                if JetStreamContext.is_status_msg(message):
+                    break  # 404 no messages / 408: nothing more to deliver now
+                messages.append(message)
+        finally:
+            await subscription.unsubscribe()
+        return messages
+
+    async def consumers(self, stream: str) -> list[api.ConsumerInfo]:
+        infos: list[api.ConsumerInfo] = []
+        while True:
+            page = await self.js.consumers_info(stream, offset=len(infos))
+            infos.extend(page)
+            if not page:
+                return infos
+
+    async def counts(self, stream: str, subjects: str) -> dict[str, int]:
+        """Messages per subject matching `subjects` in the stream."""
+        info = await self.js.stream_info(stream, subjects_filter=subjects)
+        return dict(info.state.subjects or {})
+
+    # pause
+
+    async def paused(self) -> tuple[set[str], int | None]:
+        try:
+            entry = await self.bucket("control").get(PAUSED_KEY)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return set(), None
+        return set(json.loads(entry.value or b"[]")), entry.revision
+
+    async def set_paused(self, function: str, paused: bool) -> None:
+        control = self.bucket("control")
+        while True:
+            functions, revision = await self.paused()
+            changed = functions | {function} if paused else functions - {function}
+            value = json.dumps(sorted(changed)).encode()
+            try:
+                if revision is None:
+                    await control.create(PAUSED_KEY, value)
+                else:
+                    await control.update(PAUSED_KEY, value, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another gateway changed the set meanwhile: apply ours to theirs
+            return
