@@ -129,18 +129,22 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     desired, why = _idle(spec, desired, why, current=seen.current, idle_s=idle_s)
     desired, why = _restarted(spec, state, desired, why, now=now)
     desired, why = _bounds(spec, desired, why, now=now)
+    if opening and desired == opening_count and want.count < opening_count:
+        why = opening
+    why = _worded(why, want, desired=desired, seen=seen, note=note if mode is Mode.STABLE else "")
+    metric = want.metric if want.count > 0 else Metric.NONE
+    return Decision(desired=desired, mode=mode, metric=metric, reason=why, state=state)
+
+
+def _worded(why: str, want: Want, *, desired: int, seen: Observation, note: str) -> str:
+    """The final reason: a verb when the metric alone decided, waking from zero said so, a mode change first."""
     if why == want.detail:
         verb = "up" if desired > seen.current else "down" if desired < seen.current else "steady"
         why = f"{verb}: {why}"
-    if opening and desired == opening_count and want.count < opening_count:
-        why = opening
-    if seen.current == 0 and desired > 0 and active:
+    if seen.current == 0 and desired > 0 and (seen.in_flight or seen.queued or seen.completed or seen.poked):
         waiting = seen.in_flight + seen.queued or 1
         why = f"activate: {waiting} request(s) waiting, 0 instances → {desired} ({want.detail})"
-    if note and mode is Mode.STABLE:
-        why = f"{note}; {why}"
-    metric = want.metric if want.count > 0 else Metric.NONE
-    return Decision(desired=desired, mode=mode, metric=metric, reason=why, state=state)
+    return f"{note}; {why}" if note else why
 
 
 def _values(seen: Observation) -> dict[Metric, float | None]:
