@@ -18,7 +18,8 @@ Modes, after Knative's KPA:
 - **panic** when the panic window's demand reaches `panic_threshold` x the current capacity (ready instances x
   target x utilization). In panic the count only grows. Panic ends when the condition has not held for a whole
   stable window (Knative's rule) *or* the stable window has caught up with the panic count (better: the stable
-  window alone would keep every instance, so leaving panic gives nothing away, and the delay still applies).
+  window alone would keep every instance, so leaving panic gives nothing away, and the delay still applies) *or*
+  the version has been idle for `scale_to_zero_grace_s` (nothing is left to protect).
 - **stable** otherwise: scale up at once; scale down only to the highest recommendation within
   `scale_down_delay_s`, by at most `max_scale_down_rate` per decision.
 
