@@ -22,9 +22,9 @@ PURE_MODULES = [
     "gateway/asyncq/fairness.py",
 ]
 ALLOWED_IMPORTS = {"__future__", "math", "dataclasses", "enum", "typing", "collections.abc"}
-ALLOWED_IMPORTS |= {"functools", "datetime", "zoneinfo", "croniter"}
-"""For `autoscaler/schedules.py`: calendar arithmetic on a given instant (zoneinfo reads its tz data once, cached);
-`datetime.now` and friends stay forbidden below."""
+ALLOWED_IMPORTS |= {"bisect", "functools", "datetime", "zoneinfo", "croniter"}
+"""`bisect` for `autoscaler/windows.py`; for `autoscaler/schedules.py`, calendar arithmetic on a given instant
+(zoneinfo reads its tz data once, cached); `datetime.now` and friends stay forbidden below."""
 FORBIDDEN_CALLS = {"time", "asyncio", "random", "os", "socket", "subprocess"}
 
 
