@@ -58,7 +58,8 @@ class ScalingSpec:
     max_scale_down_rate: float = 2.0
     """At least `floor(current / rate)` instances after one decision."""
     initial_scale: int = 1
-    """Instances on the first decision for a version that has none (a deploy); 0 waits for traffic."""
+    """Instances on the first decision for a version that has none (a deploy); 0 waits for traffic. Knative's
+    default is 1; `nest.yaml`'s is 0 (`scaling.initial_scale`), so a deploy costs nothing until a request."""
     activation_scale: int = 1
     """The least count whenever the version is not at zero (so also when waking from zero)."""
     target_qps: float | None = None
