@@ -119,10 +119,17 @@ class ControlApi:
         path = self.control.code_file(kind, request.path_params["digest"])
         media_type = "application/json" if kind == "manifests" else "application/octet-stream"
         headers = {"cache-control": "public, max-age=31536000, immutable"}
-        return FileResponse(path, media_type=media_type, headers=headers)
+        return _ObjectResponse(path, media_type=media_type, headers=headers)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(SCHEMAS.get_schema(self.routes()))
+
+
+class _ObjectResponse(FileResponse):
+    """One read and one send per object (chunks are at most 4 MiB): FileResponse's 64 KiB pieces, each a thread
+    hop, served a chunk at ~60 MB/s here, against ~3x that in one piece."""
+
+    chunk_size = 4 * 1024 * 1024
 
 
 def _name(request: Request) -> str:

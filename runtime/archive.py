@@ -77,7 +77,7 @@ def is_archive(code_dir: str) -> bool:
 def install(code_dir: str) -> ArchiveFinder:
     """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder)."""
     with open(os.path.join(code_dir, ARCHIVE_INDEX), "rb") as file:
-        ranges, modules = marshal.load(file)
+        ranges, modules = marshal.loads(file.read())  # marshal.load(file) reads piecemeal: 25x slower
     finder = ArchiveFinder(code_dir, ranges, modules)
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)

@@ -22,7 +22,7 @@ import uvloop
 
 from nest.contracts.errors import InvalidInput
 from runtime.archive import install as install_archive, is_archive
-from runtime.fetch import FetchError, HttpChunkSource
+from runtime.fetch import FetchError, open_source
 from runtime.limits import die_with_parent, limit_memory
 from runtime.loading import LoadError, load_handler
 from runtime.logs import CapturedStream, LogSink
@@ -91,7 +91,7 @@ def _materialise(config: RuntimeConfig) -> dict[str, float]:
     phases: dict[str, float] = {}
     try:
         if not os.path.isdir(config.code_dir):
-            with HttpChunkSource(config.code_url) as source:
+            with open_source(config.code_url) as source:
                 done = ensure_package(Path(config.code_dir), config.package, source)
             phases = {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
         if is_archive(config.code_dir):

@@ -23,7 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nest.contracts.chunks import DIGEST, PackageLimits, PackageManifest, decompress, split_bundle
+from nest.contracts.chunks import (
+    DIGEST,
+    STORE_FOLDERS,
+    PackageLimits,
+    PackageManifest,
+    decompress,
+    split_bundle,
+    store_path,
+)
 from nest.contracts.errors import InvalidInput, NotFound
 from nest.contracts.manifest import MANIFEST_FILE
 
@@ -64,16 +72,15 @@ class ChunkStore:
 
     def path_of(self, kind: str, digest: str) -> Path:
         """Where a stored object lives; `NotFound` for an unknown kind, a malformed or an absent digest."""
-        folder = {"chunks": "objects", "manifests": "manifests"}.get(kind)
-        if folder is None or not DIGEST.match(digest):
+        if kind not in STORE_FOLDERS or not DIGEST.match(digest):
             raise NotFound(kind, digest)
-        path = self._root / folder / digest[:2] / digest
+        path = self._root / store_path(kind, digest)
         if not path.is_file():
             raise NotFound(kind.removesuffix("s"), digest)
         return path
 
     def has_manifest(self, digest: str) -> bool:
-        return DIGEST.match(digest) is not None and (self._root / "manifests" / digest[:2] / digest).is_file()
+        return DIGEST.match(digest) is not None and (self._root / store_path("manifests", digest)).is_file()
 
     def intake(self, body: bytes) -> StoredPackage:
         manifest, _, chunks = split_bundle(body, limits=self._limits)
@@ -86,11 +93,11 @@ class ChunkStore:
         nest_yaml = _verify_files(manifest, memoryview(b"".join(raws)))
         new_chunks = new_bytes = 0
         for ref, chunk in zip(manifest.chunks, chunks, strict=True):
-            if self._put(self._root / "objects" / ref.digest[:2] / ref.digest, chunk):
+            if self._put(self._root / store_path("chunks", ref.digest), chunk):
                 new_chunks += 1
                 new_bytes += len(chunk)
         digest = manifest.digest
-        self._put(self._root / "manifests" / digest[:2] / digest, manifest.to_bytes())
+        self._put(self._root / store_path("manifests", digest), manifest.to_bytes())
         return StoredPackage(
             digest=digest,
             manifest_text=nest_yaml,

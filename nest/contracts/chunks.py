@@ -382,6 +382,15 @@ def _check_link(link: LinkEntry, kinds: dict[str, str]) -> None:
             stack.append(part)
 
 
+STORE_FOLDERS = {"chunks": "objects", "manifests": "manifests"}
+
+
+def store_path(kind: str, digest: str) -> str:
+    """Where the code store keeps an object, relative to its root: `objects/9f/9f..` for a chunk. The controller
+    writes this layout; an instance on the same node reads it directly (`file://` code URL, runtime/fetch.py)."""
+    return f"{STORE_FOLDERS[kind]}/{digest[:2]}/{digest}"
+
+
 BUNDLE_MAGIC = b"NESTPKG1"
 BUNDLE_MEDIA_TYPE = "application/vnd.nest.package"
 

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from nest.contracts.chunks import ChunkRef, Codec, FileEntry, PackageManifest, compress
-from runtime.fetch import ATTEMPTS, FetchError, HttpChunkSource
+from nest.contracts.chunks import ChunkRef, Codec, FileEntry, PackageManifest, compress, store_path
+from runtime.fetch import ATTEMPTS, FetchError, FileChunkSource, HttpChunkSource, open_source
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 class Store:
@@ -106,3 +107,24 @@ def test_a_missing_object_is_an_error_naming_it(store: tuple[Store, str]) -> Non
         source.manifest("0" * 64)
     with pytest.raises(FetchError, match="not http"):
         HttpChunkSource("file:///etc")
+
+
+def test_a_local_store_is_read_directly_with_the_same_checks(tmp_path: Path) -> None:
+    from controller.codestore.chunkstore import ChunkStore
+    from nest.cli.packaging import build_chunked
+
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "nest.yaml").write_text("name: hello\n")
+    built = build_chunked(tmp_path / "fn", codec=Codec.LZ4)
+    ChunkStore(tmp_path / "store").intake(built.bundle())
+    source = open_source(f"file://{tmp_path / 'store'}")
+    assert isinstance(source, FileChunkSource)
+    assert source.manifest(built.manifest.digest) == built.manifest
+    ref = built.manifest.chunks[0]
+    assert source.chunk(ref) == built.chunks[0]
+    stored = tmp_path / "store" / store_path("chunks", ref.digest)
+    stored.chmod(0o644)
+    stored.write_bytes(b"x" * ref.size)
+    with pytest.raises(FetchError, match="sha256 did not match"):
+        source.chunk(ref)
+    assert source.refetches == ATTEMPTS
