@@ -6,9 +6,10 @@ instance-seconds. Nest dominates KPA on a trace when it delays no more requests 
 the target is dominance on every trace and a >= 20% strict improvement of one figure on spike, ramp and
 diurnal. Both are modelled alike: same start latency, per-instance concurrency and 70% target.
 
-A parameter sweep (Nest: scale_down_delay x utilization; KPA: stable window x target utilisation; keep-alive:
-duration) over the spike, ramp and diurnal traces is plotted as delayed % vs instance-seconds with each family's
-Pareto frontier (PNG, matplotlib Agg). Prints one JSON line. Virtual time: the run takes seconds, not hours.
+A parameter sweep (Nest: scale_down_delay x utilization x trend prediction; KPA: stable window x target
+utilisation; keep-alive: duration) is plotted as delayed % vs instance-seconds summed over spike, ramp and
+diurnal, with each family's Pareto frontier (PNG, matplotlib Agg); for each Nest configuration the JSON lists the
+traces of the suite on which it dominates KPA's defaults. Prints one JSON line. Virtual time: about a minute.
 
 Run: .venv/bin/python -m tests.bench.bench_autoscaler [--concurrency 4] [--png /tmp/nest_autoscaler_pareto.png]
 """
@@ -16,6 +17,7 @@ Run: .venv/bin/python -m tests.bench.bench_autoscaler [--concurrency 4] [--png /
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -44,14 +46,16 @@ REQUIRED_IMPROVEMENT = 0.2
 SWEEP_TRACES = MUST_IMPROVE
 
 
-def compare(traces: dict[str, Trace], settings: Settings) -> dict[str, Any]:
+def compare(traces: dict[str, Trace], settings: Settings) -> tuple[dict[str, Any], dict[str, Figures]]:
     results: dict[str, Any] = {}
+    kpa_runs: dict[str, Figures] = {}
     for name, trace in traces.items():
         runs: dict[str, Figures] = {}
         for policy in POLICIES:
             factory = make_policy(policy, concurrency=settings.concurrency, start_latency_s=settings.start_latency_s)
             runs[policy] = figures(simulate(trace, factory, settings, name=policy))
         nest, kpa = runs["nest"], runs["kpa"]
+        kpa_runs[name] = kpa
         results[name] = {
             **{
                 policy: {
@@ -65,43 +69,48 @@ def compare(traces: dict[str, Trace], settings: Settings) -> dict[str, Any]:
             "nest_dominates_kpa": dominates(nest, kpa),
             "nest_best_improvement": improvement(nest, kpa),
         }
-    return results
+    return results, kpa_runs
 
 
-def sweep(traces: dict[str, Trace], settings: Settings) -> dict[str, list[tuple[str, float, float]]]:
-    """(label, delayed %, instance-seconds) per configuration, summed over the sweep traces, by family."""
+def sweep(
+    traces: dict[str, Trace], settings: Settings, baseline: dict[str, Any]
+) -> tuple[dict[str, list[tuple[str, float, float]]], list[dict[str, Any]]]:
+    """Points (label, delayed %, instance-seconds) per family, summed over the sweep traces; and per Nest
+    configuration, the traces of the whole suite on which it dominates KPA's defaults."""
     spec = nest_spec(concurrency=settings.concurrency, start_latency_s=settings.start_latency_s)
-    families: dict[str, list[tuple[str, Callable[[], Policy]]]] = {"nest": [], "kpa": [], "keepalive": []}
     names = {item.name for item in fields(ScalingSpec)}
-    for delay in (0.0, 10.0, 30.0, 60.0):
-        for utilization in (0.5, 0.7, 0.9):
-            overrides: dict[str, Any] = {"scale_down_delay_s": delay, "utilization": utilization}
-            label = f"delay {delay:g}s util {utilization:g}"
-            families["nest"].append((label, tuned(spec, **{k: v for k, v in overrides.items() if k in names})))
-    for window in (30.0, 60.0, 120.0):
-        for utilization in (0.5, 0.7, 0.9):
-            config = KpaConfig(
-                target=settings.concurrency * utilization, stable_window_s=window, panic_window_s=window / 10
-            )
-            families["kpa"].append((f"window {window:g}s util {utilization:g}", lambda c=config: KpaPolicy(c)))
+    families: dict[str, list[tuple[str, Callable[[], Policy]]]] = {"nest": [], "kpa": [], "keepalive": []}
+    for delay, utilization, prediction in itertools.product((0.0, 10.0, 30.0), (0.7, 0.8), (True, False)):
+        overrides = {"scale_down_delay_s": delay, "utilization": utilization, "prediction": prediction}
+        label = f"delay {delay:g}s util {utilization:g}" + ("" if prediction else " no-trend")
+        families["nest"].append((label, tuned(spec, **{k: v for k, v in overrides.items() if k in names})))
+    for window, utilization in itertools.product((30.0, 60.0, 120.0), (0.5, 0.7, 0.9)):
+        config = KpaConfig(
+            target=settings.concurrency * utilization, stable_window_s=window, panic_window_s=window / 10
+        )
+        families["kpa"].append((f"window {window:g}s util {utilization:g}", lambda c=config: KpaPolicy(c)))
     for keep in (60.0, 300.0, 600.0):
         families["keepalive"].append(
             (f"keep {keep:g}s", lambda k=keep: KeepAlivePolicy(k, concurrency=settings.concurrency))
         )
     points: dict[str, list[tuple[str, float, float]]] = {}
+    nest_rows: list[dict[str, Any]] = []
     for family, configs in families.items():
         for label, factory in configs:
-            delayed = requests = 0
-            cost = 0.0
-            for trace in traces.values():
-                figure = figures(simulate(trace, factory, settings, name=label))
-                delayed, requests, cost = (
-                    delayed + figure.delayed,
-                    requests + figure.requests,
-                    cost + figure.instance_seconds,
-                )
-            points.setdefault(family, []).append((label, round(100.0 * delayed / requests, 3), round(cost, 1)))
-    return points
+            runs = {
+                name: figures(simulate(trace, factory, settings, name=label))
+                for name, trace in traces.items()
+                if family == "nest" or name in SWEEP_TRACES
+            }
+            plotted = [runs[name] for name in SWEEP_TRACES]
+            delayed = 100.0 * sum(run.delayed for run in plotted) / sum(run.requests for run in plotted)
+            points.setdefault(family, []).append(
+                (label, round(delayed, 3), round(sum(r.instance_seconds for r in plotted), 1))
+            )
+            if family == "nest":
+                wins = [name for name, run in runs.items() if dominates(run, baseline[name])]
+                nest_rows.append({"config": label, "dominates_kpa_on": wins})
+    return points, nest_rows
 
 
 def frontier(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
@@ -128,7 +137,8 @@ def plot(points: dict[str, list[tuple[str, float, float]]], path: Path) -> None:
         for label, delayed, cost in edge:
             axes.annotate(label, (cost, delayed), fontsize=6, alpha=0.8)
     axes.set_xlabel(f"instance-seconds ({' + '.join(SWEEP_TRACES)})")
-    axes.set_ylabel("requests delayed (%)")
+    axes.set_ylabel("requests delayed (%, log scale)")
+    axes.set_yscale("log")
     axes.set_title("Pareto frontier per policy family (lower left is better)")
     axes.grid(alpha=0.3)
     axes.legend()
@@ -147,7 +157,7 @@ def main() -> None:
     started = time.perf_counter()
     settings = Settings(concurrency=args.concurrency, start_latency_s=args.start_latency)
     traces = {name: load_trace(TRACES / f"{name}.csv") for name in SUITE}
-    results = compare(traces, settings)
+    results, kpa = compare(traces, settings)
     target_met = all(item["nest_dominates_kpa"] for item in results.values()) and all(
         results[name]["nest_best_improvement"] >= REQUIRED_IMPROVEMENT for name in MUST_IMPROVE
     )
@@ -160,10 +170,11 @@ def main() -> None:
         "target_met": target_met,
     }
     if not args.no_sweep:
-        points = sweep({name: traces[name] for name in SWEEP_TRACES}, settings)
+        points, nest_rows = sweep(traces, settings, kpa)
         plot(points, args.png)
         report["pareto_png"] = str(args.png)
         report["frontier"] = {family: frontier(items) for family, items in points.items()}
+        report["nest_sweep"] = nest_rows
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report))
 
