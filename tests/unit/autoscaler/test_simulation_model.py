@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from autoscaler.simulation.model import Settings, predict_instances, simulate
 from autoscaler.simulation.policies import Verdict, make_policy, nest_spec
@@ -130,3 +131,30 @@ def test_predict_instances_follows_the_step_up_and_back_to_zero() -> None:
     counts = [tick.current for tick in ticks]
     assert max(counts[5:17]) >= 20  # 20 callers at one request each per instance, aiming at 70%
     assert counts[-1] == 0
+
+
+requests_strategy = st.lists(
+    st.tuples(st.floats(0, 30, allow_nan=False), st.floats(0, 5, allow_nan=False)), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    requests=requests_strategy,
+    policy=st.sampled_from(["nest", "kpa", "keepalive-20s", "static-1"]),
+    concurrency=st.integers(1, 3),
+)
+def test_every_request_is_served_once_and_the_books_balance(
+    requests: list[tuple[float, float]], policy: str, concurrency: int
+) -> None:
+    trace = Trace(tuple(Request(arrival, duration) for arrival, duration in sorted(requests)), name="random")
+    factory = make_policy(policy, concurrency=concurrency, start_latency_s=0.1)
+    outcome = simulate(trace, factory, Settings(concurrency=concurrency, start_latency_s=0.1))
+    result = figures(outcome)
+    assert result.requests == len(requests)
+    assert all(wait >= 0 for wait in outcome.functions[0].waits)
+    assert result.cold_delayed <= result.delayed
+    # Instances pay at least for the work they carried, and idle time is part of their time.
+    busy = sum(duration for _, duration in requests)
+    assert result.instance_seconds * concurrency >= busy - 1e-6
+    assert 0 <= result.idle_instance_seconds <= result.instance_seconds + 1e-6
