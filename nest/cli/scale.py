@@ -41,8 +41,10 @@ def simulate_command(
         list[str] | None, typer.Option("--policy", help=f"Repeatable: {POLICY_NAMES} (default: nest)")
     ] = None,
     start_latency: Annotated[str, typer.Option(help="From scale-up to a ready instance, e.g. 50ms, 2s")] = "0.05s",
-    concurrency: Annotated[int, typer.Option(help="Requests one instance serves at once (the target too)")] = 10,
-    log: Annotated[int, typer.Option(help="Decisions to show from the log (table output)")] = 15,
+    concurrency: Annotated[
+        int, typer.Option(help="Requests one instance serves at once (the target is 70% of it)")
+    ] = 10,
+    log: Annotated[int, typer.Option(min=0, max=100_000, help="Decisions to show from the log, first ones first")] = 15,
     output: Annotated[Format, typer.Option("--output", "-o", help="table or json")] = Format.TABLE,
 ) -> None:
     """Replay a request trace through a scaling policy on a virtual clock and report what it would cost.
@@ -59,7 +61,7 @@ def simulate_command(
     from autoscaler.simulation.report import to_json
 
     if output is Format.JSON:
-        results = [to_json(run) for run in runs]
+        results = [to_json(run, log_limit=log) for run in runs]
         sys.stdout.write(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
         return
     _print_tables(runs, log)
