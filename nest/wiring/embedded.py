@@ -197,11 +197,6 @@ def gateway_server(config: EmbeddedConfig, app: GatewayApp) -> uvicorn.Server:
     )
 
 
-def _local_host(host: str) -> str:
-    """Where processes on this machine reach the gateway (instances fetch code packages from it)."""
-    return "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-
-
 def gateway_metrics(config: EmbeddedConfig, table: RoutingTable) -> tuple[MetricsSource, MetricsServer | None]:
     """What the embedded autoscaler reads, and the gRPC metrics server for remote ones (`--metrics-grpc`).
 
@@ -222,7 +217,7 @@ def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry
             log_dir=data_dir / "logs",
             health_interval_s=config.health_interval_s,
             pools=dict(config.pools),
-            code_url=f"http://{_local_host(config.host)}:{config.port}/api/v1/code",
+            code_url=f"file://{data_dir / 'chunks'}",  # this node holds the store; other nodes use HTTP
             code_cache=data_dir / "cache",
         ),
         fleet.on_event,
