@@ -328,11 +328,16 @@ class PoolCollector:
             ),
             "zygote_restarts": CounterMetricFamily("nest_pool_zygote_restarts", "Zygotes restarted", labels=labels),
         }
+        info = GaugeMetricFamily(
+            "nest_pool_info", "A pool's zygote: preloads and generation", labels=["pool", "preload", "generation"]
+        )
         for stats in self.pools.stats():
+            info.add_metric([stats.name, ",".join(stats.preload), str(stats.generation)], 1)
             idle.add_metric([stats.name], stats.idle)
             target.add_metric([stats.name], stats.target)
             for attribute, family in counters.items():
                 family.add_metric([stats.name], getattr(stats, attribute))
+        yield info
         yield idle
         yield target
         yield from counters.values()

@@ -124,6 +124,12 @@ class NestClient:
         result: dict[str, Any] = self._json("DELETE", "/api/v1/dlq", params={"function": function} if function else {})
         return result
 
+    def metrics(self) -> str:
+        """The Prometheus text of `/metrics` (what `nest pools` reads)."""
+        response = self._request("GET", "/metrics")
+        raise_for_error(response)
+        return response.text
+
     def logs(self, name: str, *, tail: int, follow: bool) -> Iterator[dict[str, Any]]:
         params = {"tail": str(tail), "follow": "true" if follow else "false"}
         timeout = httpx.Timeout(60, connect=5, read=None if follow else 60)

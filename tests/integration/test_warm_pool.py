@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,3 +124,180 @@ def test_a_declared_pool_preloads_its_modules_and_unknown_pools_are_refused(tmp_
         assert "models" in refused.stderr
     finally:
         assert stop_platform(running) == []
+
+
+SLOW = """
+import os, time
+
+def handle(request):
+    time.sleep(0.5)
+    return {"pid": os.getpid()}
+"""
+
+
+def test_a_burst_for_a_cold_function_starts_what_the_autoscaler_asks_not_one_per_request(platform: Platform) -> None:
+    platform.deploy("burst", SLOW, "concurrency: 10\nscaling: {max: 10}\n")
+    burst = 20
+    with platform.http() as http, ThreadPoolExecutor(burst) as pool:
+        responses = list(pool.map(lambda _: http.get("/function/burst"), range(burst)))
+    assert [response.status_code for response in responses] == [200] * burst
+    served = Counter(response.json()["pid"] for response in responses)
+    info = platform.describe("burst")
+    started = list(info["cold_starts"])  # type: ignore[call-overload]
+    asked = max(decision["desired"] for decision in info["scaling"]["decisions"])  # type: ignore[index]
+    assert len(started) == asked, f"{len(started)} instances started, the autoscaler asked for {asked}"
+    assert asked <= burst // 2, f"the autoscaler sizes for concurrency 10, not one per request: {asked}"
+    assert len(served) <= len(started)
+    assert max(served.values()) <= 10 * 2, "no instance took more than its concurrency at a time"
+    assert max(served.values()) >= 7, f"the first ready instance took buffered requests up to its concurrency: {served}"
+
+
+SAFETY = """
+import os, random, resource, signal, sys, threading, logging, _imp
+
+SEEN_AT_IMPORT = random.random()
+
+
+def handle(request):
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    lines = [line.split(":", 2) for line in open("/proc/self/cgroup").read().splitlines()]
+    cgroup = next((p for _, kinds, p in lines if "memory" in kinds.split(",")), lines[-1][2])
+    memory_max = None
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory"):
+            path = root + cgroup + "/" + name
+            if os.path.exists(path):
+                memory_max = open(path).read().strip()
+    handlers = {name: repr(signal.getsignal(getattr(signal, name))) for name in ("SIGTERM", "SIGHUP", "SIGPIPE",
+                "SIGINT", "SIGUSR1", "SIGCHLD")}
+    locks_free = logging._lock.acquire(blocking=False)
+    if locks_free:
+        logging._lock.release()
+    run_dir = os.path.dirname(os.path.dirname(os.getcwd()))
+    return {
+        "pid": os.getpid(),
+        "random": SEEN_AT_IMPORT,
+        "fds": fds,
+        "handlers": handlers,
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "locks_free": locks_free and not _imp.lock_held(),
+        "threads": [t.name for t in threading.enumerate()],
+        "core": resource.getrlimit(resource.RLIMIT_CORE)[0],
+        "address_space": resource.getrlimit(resource.RLIMIT_AS)[0],
+        "memory_max": memory_max,
+        "zygote_sockets": [n for n in os.listdir(run_dir) if n.startswith("zygote")],
+        "modules_with_state": "runtime.rehearsal" in sys.modules,
+    }
+"""
+
+
+def test_a_forked_instance_is_specialised_safely(platform: Platform) -> None:
+    platform.deploy("safe-a", SAFETY, "memory: 96Mi\n")
+    platform.deploy("safe-b", SAFETY, "memory: 128Mi\n")
+    with platform.http() as http:
+        a = http.get("/function/safe-a").json()
+        b = http.get("/function/safe-b").json()
+    assert a["random"] != b["random"], "random generators are reseeded in each instance"
+    for seen, name, memory in ((a, "safe-a", 96 * 1024**2), (b, "safe-b", 128 * 1024**2)):
+        targets = list(seen["fds"].values())
+        assert not [t for t in targets if "zygote" in t], "no descriptor of the zygote is inherited"
+        logs = [t for t in targets if t.endswith(".log")]
+        assert logs, targets
+        assert all(t.endswith(f"{name}.log") for t in logs), f"only its own log is open: {logs}"
+        files = {t for t in targets if t.startswith("/")}
+        assert files <= {"/dev/null", *logs}, f"nothing of the platform or the zygote is open: {files}"
+        assert seen["zygote_sockets"] == [], "the zygote's control socket is gone once the platform connected"
+        assert seen["handlers"]["SIGPIPE"] == "<Handlers.SIG_IGN: 1>", "as in a fresh interpreter"
+        assert seen["handlers"]["SIGHUP"] == "<Handlers.SIG_DFL: 0>"
+        assert seen["handlers"]["SIGUSR1"] == "<Handlers.SIG_DFL: 0>"
+        assert seen["blocked"] == []
+        assert seen["locks_free"] is True, "no lock is inherited held"
+        assert seen["core"] == 0
+        capped = seen["memory_max"] == str(memory) or seen["address_space"] != -1
+        assert capped, f"the function's memory limit applies: {seen['memory_max']}, {seen['address_space']}"
+
+
+def pools_file(path: Path, preload: str) -> Path:
+    path.write_text(f"pools:\n  models:\n    preload: [{preload}]\n    min_idle: 1\n    max_idle: 3\n")
+    return path
+
+
+RELOADED = """
+import os, sys
+
+PRELOADED = sorted(m for m in ("colorsys", "wave") if m in sys.modules)
+
+
+def handle(request):
+    return {"pid": os.getpid(), "preloaded": PRELOADED}
+"""
+
+
+def test_reloading_the_pools_file_replaces_instances_without_dropping_a_request(tmp_path: Path) -> None:
+    from tests.integration.conftest import start_platform, stop_platform
+
+    config = pools_file(tmp_path / "pools.yaml", "colorsys")
+    running = start_platform(tmp_path / "data", tmp_path / "work", extra=("--pools", str(config)))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with running.http() as http:
+            while not stop.is_set():
+                statuses.append(http.get("/function/reloaded").status_code)
+
+    try:
+        running.deploy("reloaded", RELOADED, "pool: models\nscaling: {min: 1, max: 2}\n")
+        with running.http() as http:
+            before = http.get("/function/reloaded").json()
+            assert before["preloaded"] == ["colorsys"]
+            caller = threading.Thread(target=keep_calling)
+            caller.start()
+            pools_file(config, "wave")
+            running.process.send_signal(signal.SIGHUP)
+            running.wait_for(
+                lambda: http.get("/function/reloaded").json()["preloaded"] == ["wave"],
+                timeout_s=30,
+                what="an instance forked by the new zygote",
+            )
+            stop.set()
+            caller.join()
+            running.wait_for(lambda: not _alive(before["pid"]), what="the old instance drained and gone")
+            metrics = http.get("/metrics").text
+        assert len(statuses) > 10
+        assert set(statuses) == {200}, f"no request dropped during the replacement: {Counter(statuses)}"
+        assert 'nest_pool_idle_instances{pool="models"}' in metrics
+        assert running.cli("pools").stdout.count("models") == 1
+    finally:
+        stop.set()
+        assert stop_platform(running) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_nest_up_refuses_a_bad_pools_file_naming_the_field(tmp_path: Path) -> None:
+    from tests.integration.conftest import NEST
+
+    bad = tmp_path / "pools.yaml"
+    bad.write_text("pools:\n  science:\n    min_idle: 5\n    max_idle: 2\n  web:\n    preloads: [httpx]\n")
+    result = subprocess.run(
+        [NEST, "up", "--pools", str(bad), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "pools.web.preloads: unknown key" in result.stderr
+    assert "max_idle (2) is below min_idle (5)" in result.stderr
