@@ -109,6 +109,12 @@ def up(
         bool, typer.Option(help="Let webhooks and callbacks reach loopback and private addresses (SSRF guard off)")
     ] = False,
     nats_url: Annotated[str, typer.Option(help="NATS server for nats: destinations")] = "nats://127.0.0.1:4222",
+    lease_margin: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds an async task's lease outlasts its function's timeout (a crash's tasks rerun then)"
+        ),
+    ] = 30.0,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
@@ -127,7 +133,7 @@ def up(
         pools=pools,
         pools_file=pools_file.resolve() if pools_file is not None else None,
         metrics_grpc=metrics_grpc,
-        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url),
+        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url, lease_margin_s=lease_margin),
     )
     try:
         serve(config)
