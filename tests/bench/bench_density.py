@@ -3,7 +3,10 @@
 Both instances run the same function, which imports the same modules the pool preloads, so the comparison is
 of the start-up mechanism, not of what is imported. USS = Private_Clean + Private_Dirty from
 /proc/PID/smaps_rollup: the memory that would be freed if the instance went away. Target (issue 4): <= 0.2x.
-Prints one JSON line.
+Also reported: where a pooled instance's unique memory sits (/proc/PID/smaps by mapping: the malloc heap,
+anonymous maps, i.e. pymalloc arenas, libpython's data) and the USS of an idle, unclaimed pool instance. Nearly
+all of it is copy-on-write copies of zygote pages the instance wrote to: on CPython 3.11 every object touched
+has its refcount written, so each page holding one is copied. Prints one JSON line.
 
 Run: .venv/bin/python -m tests.bench.bench_density [--instances 4]
 """
@@ -38,6 +41,31 @@ def uss_kib(pid: int) -> int:
     return fields["Private_Clean"] + fields["Private_Dirty"]
 
 
+def uss_by_region_kib(pid: int) -> dict[str, int]:
+    regions: dict[str, int] = {}
+    current = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if "-" in parts[0] and not parts[0].endswith(":"):
+            name = parts[5] if len(parts) > 5 else "[anon]"
+            current = {"[heap]": "heap", "[anon]": "anon"}.get(name, "libpython" if "libpython" in name else "other")
+        elif parts[0] in ("Private_Clean:", "Private_Dirty:"):
+            regions[current] = regions.get(current, 0) + int(parts[1])
+    return regions
+
+
+def idle_pool_pids() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "nest-idle":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def pids(platform: object, name: str, count: int) -> list[int]:
     found: set[int] = set()
     with platform.http() as http:  # type: ignore[attr-defined]
@@ -45,6 +73,13 @@ def pids(platform: object, name: str, count: int) -> list[int]:
         while len(found) < count and time.monotonic() < deadline:
             found.add(http.get(f"/function/{name}").json()["pid"])
     return sorted(found)
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -70,6 +105,8 @@ def main() -> None:
             time.sleep(1)  # idle
             pooled_uss = [uss_kib(pid) for pid in pooled]
             fresh_uss = [uss_kib(pid) for pid in fresh]
+            regions = uss_by_region_kib(sorted(pooled, key=uss_kib)[len(pooled) // 2])
+            idle_uss = [uss_kib(pid) for pid in idle_pool_pids() if _child_of(pid, platform.process.pid)]
         finally:
             stop_platform(platform)
     pooled_median, fresh_median = statistics.median(pooled_uss), statistics.median(fresh_uss)
@@ -81,6 +118,8 @@ def main() -> None:
                 "pooled_uss_mib": round(pooled_median / 1024, 1),
                 "fresh_uss_mib": round(fresh_median / 1024, 1),
                 "pooled_over_fresh": round(pooled_median / fresh_median, 3),
+                "pooled_uss_by_region_mib": {name: round(kib / 1024, 2) for name, kib in sorted(regions.items())},
+                "idle_unclaimed_uss_mib": round(statistics.median(idle_uss) / 1024, 1) if idle_uss else None,
             }
         )
     )
