@@ -115,6 +115,15 @@ def up(
             min=0.1, help="Seconds an async task's lease outlasts its function's timeout (a crash's tasks rerun then)"
         ),
     ] = 30.0,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            "--queue",
+            metavar="nats://HOST:PORT[/PREFIX]",
+            help="Keep async tasks in NATS JetStream (gateways given the same URL share them; streams and buckets"
+            " are named PREFIX_..., default NEST) instead of the embedded SQLite queue",
+        ),
+    ] = None,
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
@@ -124,6 +133,8 @@ def up(
     pools = _declared_pools(pools_file, pool or [])
     if metrics_grpc is not None and not _is_listen_address(metrics_grpc):
         fail(f"--metrics-grpc {metrics_grpc!r}: expected HOST:PORT (e.g. 0.0.0.0:9090) or unix:PATH")
+    if queue is not None and not queue.startswith(("nats://", "tls://")):
+        fail(f"--queue {queue!r}: expected a NATS URL such as nats://127.0.0.1:4222 (JetStream enabled)")
     config = EmbeddedConfig(
         host=host,
         port=port,
@@ -133,7 +144,9 @@ def up(
         pools=pools,
         pools_file=pools_file.resolve() if pools_file is not None else None,
         metrics_grpc=metrics_grpc,
-        async_config=AsyncConfig(webhook_secret, allow_private_webhooks, nats_url, lease_margin_s=lease_margin),
+        async_config=AsyncConfig(
+            webhook_secret, allow_private_webhooks, nats_url, lease_margin_s=lease_margin, queue_url=queue
+        ),
     )
     try:
         serve(config)

@@ -19,6 +19,7 @@ from gateway.asyncq.delivery.outbox import SqliteOutbox
 from gateway.asyncq.delivery.worker import Deliveries, DeliveryWorker
 from gateway.asyncq.dispatcher import Dispatcher
 from gateway.asyncq.invoking import ProxyInvoker
+from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
 from gateway.asyncq.sqlite import SqliteTaskQueue
 from gateway.triggers.lambda_invoke import LambdaInvokeApi
 
@@ -43,11 +44,13 @@ class AsyncConfig:
     lease_margin_s: float = 30.0
     """`nest up --lease-margin`: a task's lease is its function's timeout plus this, so after a crash its tasks run
     again that long after they started."""
+    queue_url: str | None = None
+    """`nest up --queue nats://HOST:PORT[/PREFIX]`: keep async tasks in NATS JetStream instead of `tasks.db`."""
 
 
 @dataclass(frozen=True, slots=True)
 class AsyncInvocations:
-    queue: SqliteTaskQueue
+    queue: SqliteTaskQueue | JetStreamTaskQueue
     outbox: SqliteOutbox
     dispatcher: Dispatcher
     worker: DeliveryWorker
@@ -66,7 +69,11 @@ class AsyncInvocations:
 async def async_invocations(
     config: AsyncConfig, data_dir: Path, table: RoutingTable, proxy: FunctionProxy
 ) -> AsyncInvocations:
-    queue = SqliteTaskQueue(data_dir / "tasks.db")
+    queue: SqliteTaskQueue | JetStreamTaskQueue
+    if config.queue_url is not None:
+        queue = JetStreamTaskQueue.from_url(config.queue_url)
+    else:
+        queue = SqliteTaskQueue(data_dir / "tasks.db")
     await queue.open()
     outbox = SqliteOutbox(data_dir / "tasks.db")
     await outbox.open()

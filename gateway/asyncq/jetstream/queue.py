@@ -80,6 +80,13 @@ class JetStreamTaskQueue:
         """The `now` each shard's delayed tasks were last moved at: a dispatch round's `lease` calls share their
         `ready` call's `now`, and need not move them again."""
 
+    @classmethod
+    def from_url(cls, url: str) -> JetStreamTaskQueue:
+        """`nats://HOST:PORT[/PREFIX]` (`nest up --queue`): gateways given the same URL share one queue."""
+        server, _, prefix = url.partition("://")[2].partition("/")
+        scheme = url.partition("://")[0]
+        return cls(f"{scheme}://{server}", prefix=prefix or "NEST")
+
     async def open(self) -> None:
         await self.store.open()
         naming = self.store.naming

@@ -7,8 +7,10 @@ can deliver now (or "no messages"), so `lease` costs one round trip and an empty
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from typing import TYPE_CHECKING
 
 import nats
@@ -27,8 +29,12 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.kv import KeyValue
 
+logger = logging.getLogger(__name__)
+
 PULL_TIMEOUT_S = 2.0
 """How long a `no_wait` pull may take to answer at all (the server answers at once unless it is in trouble)."""
+SCAN_TIMEOUT_S = 10.0
+"""How long a scan of the task bucket may wait for its next entry."""
 PAUSED_KEY = "paused"
 
 
@@ -61,8 +67,20 @@ class JetStreamStore:
         return self._nc
 
     async def open(self, *, connect_timeout_s: float = 5.0) -> None:
-        self._nc = await nats.connect(self.url, connect_timeout=connect_timeout_s, allow_reconnect=True)
-        self._js = self._nc.jetstream()
+        try:
+            async with asyncio.timeout(connect_timeout_s):
+                self._nc = await nats.connect(
+                    self.url, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1, error_cb=_log_error
+                )
+            self._js = self._nc.jetstream()
+            await self._js.account_info()
+        except Exception as exc:
+            await self.close()
+            raise InvalidInput(
+                "queue",
+                f"no NATS JetStream at {self.url} ({_describe(exc)}); start nats-server with -js,"
+                " or leave out --queue to keep async tasks in the embedded SQLite queue",
+            ) from exc
         naming = self.naming
         for shard in range(naming.shards):
             await self._ensure_stream(
@@ -146,14 +164,24 @@ class JetStreamStore:
         await self.bucket("tasks").purge(task_id)
 
     async def records(self) -> AsyncIterator[Record]:
-        """Every task record (a full scan: for the administrative calls only)."""
-        watcher = await self.bucket("tasks").watchall(ignore_deletes=True)
+        """Every task record (a full scan: for the administrative calls only).
+
+        The end is the entry the server says nothing follows (`delta == 0`), not nats-py's end-of-history marker,
+        which can arrive before entries already on their way.
+        """
+        bucket = self.bucket("tasks")
+        if not (await bucket.status()).values:
+            return
+        watcher = await bucket.watchall()
         try:
-            async for entry in watcher:
+            while True:
+                entry = await watcher.updates(timeout=SCAN_TIMEOUT_S)  # type: ignore[no-untyped-call]
                 if entry is None:
-                    return
-                if entry.value:
+                    continue
+                if entry.operation is None and entry.value:
                     yield decode_record(entry.value)
+                if entry.delta == 0:
+                    return
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
@@ -243,3 +271,13 @@ class JetStreamStore:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another gateway changed the set meanwhile: apply ours to theirs
             return
+
+
+async def _log_error(exc: Exception) -> None:
+    logger.warning("NATS connection: %s: %s (reconnecting)", type(exc).__name__, exc)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return f"{type(exc).__name__}: {exc}"
