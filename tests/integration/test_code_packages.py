@@ -12,6 +12,8 @@ import pytest
 
 from nest.cli.packaging import build_chunked
 from nest.contracts.chunks import Codec, FileEntry, compress, pack_bundle
+from runtime.fetch import open_source
+from runtime.unpack import ensure_package
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,13 +46,12 @@ def cold_phases(platform: Platform, name: str) -> dict[str, float]:
     return phases
 
 
-@pytest.mark.parametrize("codec", ["zstd", "lz4"])
-def test_a_package_is_fetched_and_unpacked_on_the_first_start_only(platform: Platform, codec: str) -> None:
-    name = f"pkg-{codec}"
+@pytest.mark.parametrize(("codec", "layout"), [("zstd", "tree"), ("lz4", "tree"), ("zstd", "archive")])
+def test_a_package_is_fetched_and_unpacked_on_the_first_start(platform: Platform, codec: str, layout: str) -> None:
+    name = f"pkg-{codec}-{layout}"
     with_lib(platform, name)
-    output = platform.deploy(
-        name, CODE, f"package: {{codec: {codec}}}\n", files={"lib/helper.py": f"VALUE = {codec!r}\n"}
-    )
+    settings = f"package: {{codec: {codec}, layout: {layout}}}\n"
+    output = platform.deploy(name, CODE, settings, files={"lib/helper.py": f"VALUE = {codec!r}\n"})
     assert "package: 1 chunks, 1 new" in output
     with platform.http() as http:
         first = http.post(f"/function/{name}")
@@ -62,7 +63,8 @@ def test_a_package_is_fetched_and_unpacked_on_the_first_start_only(platform: Pla
         phases = cold_phases(platform, name)
         assert {"fetch", "unpack", "init"} <= set(phases)
         digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
-        assert (platform.data_dir / "cache" / digest[:2] / digest / "lib" / "helper.py").is_file()
+    cached = platform.data_dir / "cache" / digest[:2] / digest
+    assert (cached / ("files.bin" if layout == "archive" else "lib/helper.py")).is_file()
 
 
 def test_a_second_start_of_a_version_finds_the_node_cache(platform: Platform) -> None:
@@ -148,3 +150,14 @@ def test_the_code_store_serves_manifests_and_chunk_ranges(platform: Platform) ->
         assert part.content == built.chunks[0][:10]
         assert http.get(f"/api/v1/code/chunks/{'0' * 64}").status_code == 404
         assert http.get("/api/v1/code/chunks/..%2F..%2Fstate.db").status_code == 404
+
+
+def test_another_node_fetches_a_package_over_http(platform: Platform, tmp_path: Path) -> None:
+    with_lib(platform, "pkg-remote")
+    directory = platform.write_function("pkg-remote", CODE, files={"lib/helper.py": "VALUE = 'remote'\n"})
+    platform.cli("deploy", str(directory))
+    digest = platform.describe("pkg-remote")["versions"][0]["code_digest"]  # type: ignore[index]
+    with open_source(f"{platform.url}/api/v1/code") as source:
+        done = ensure_package(tmp_path / "node-cache" / digest, digest, source)
+    assert not done.cached
+    assert (done.code_dir / "lib" / "helper.py").read_text() == "VALUE = 'remote'\n"
