@@ -1,10 +1,11 @@
 """The function service: deploy, list, describe and delete functions; what goes live and how it is served.
 
-Satisfies the gateway's `ControlPlane` port (structurally). A deploy takes the package in safely
-(`codestore/packages.py`), validates `nest.yaml` (errors name the field), derives the immutable version from the
-code digest and the canonical configuration, records it (`store/sqlite.py`), then makes it live: the gateway
-gets the new route at once and the fleet starts and stops instances for it. Redeploying identical code and
-configuration is a no-op. At start-up, `load()` makes every function's latest version live again, so a second
+Satisfies the gateway's `ControlPlane` port (structurally). A deploy takes the package in safely (chunked:
+`codestore/chunkstore.py` verifies and stores it, instances fetch it; a gzip tar from an older client:
+`codestore/packages.py` unpacks it), validates `nest.yaml` (errors name the field), derives the immutable version
+from the code digest and the canonical configuration, records it (`store/sqlite.py`), then makes it live: the
+gateway gets the new route at once and the fleet starts and stops instances for it. Redeploying identical code
+and configuration is a no-op. At start-up, `load()` makes every function's latest version live again, so a second
 `nest up` on the same data directory serves what the first one did.
 """
 

@@ -57,9 +57,9 @@ class ControlApi:
 
     async def deploy(self, request: Request) -> Response:
         """
-        summary: Deploy a function from a gzip tar of its directory (with nest.yaml at the root).
+        summary: Deploy a function from its code package (nest/contracts/chunks.py; a gzip tar is still taken).
         description: Creates an immutable version; identical code and config is a no-op (200, created false).
-        requestBody: {content: {application/gzip: {schema: {type: string, format: binary}}}}
+        requestBody: {content: {application/vnd.nest.package: {schema: {type: string, format: binary}}}}
         responses:
           201: {description: "{name, version, url, created: true, previous_version}"}
           200: {description: "unchanged: {name, version, url, created: false}"}
@@ -161,5 +161,5 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge("package", limit)
         parts.append(chunk)
     if not size:
-        raise InvalidInput("package", "the request body is empty (send the gzip tar that `nest deploy` builds)")
+        raise InvalidInput("package", "the request body is empty (send the package that `nest deploy` builds)")
     return b"".join(parts)
