@@ -105,7 +105,12 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self.running: Counter[str] = Counter()
-        """Tasks running now, per function."""
+        """Tasks running now in their function, per function (what `async.concurrency` bounds)."""
+        self.settling: Counter[str] = Counter()
+        """Tasks whose function answered and whose outcome is being written: their slot is free already, so the
+        next task starts while the last one's write waits for its group commit; more than `concurrency` of these
+        take slots again (bounded memory when the disk is slow)."""
+        self._in_function: set[str] = set()
         self._backlog: dict[str, int] = {}
         """Due tasks per function at the last round: AIMD's "is the backlog growing" signal."""
 
@@ -148,6 +153,7 @@ class Dispatcher:
             lease_s = settings.timeout_s + self._lease_margin_s
             for task in await self._queue.lease(key, owner=self._owner, now=now, lease_s=lease_s, limit=count):
                 self.running[task.function] += 1
+                self._in_function.add(task.id)
                 group.create_task(self._execute(task, settings, lease_s), name=f"task {task.id}")
                 started += 1
         return started
@@ -157,7 +163,11 @@ class Dispatcher:
         free: dict[str, int] = {}
         for key in left:
             settings = self._catalog.async_settings(key.function)
-            free[key.function] = 0 if settings is None else settings.concurrency - self.running[key.function]
+            if settings is None:
+                free[key.function] = 0
+                continue
+            overflow = max(0, self.settling[key.function] - settings.concurrency)
+            free[key.function] = settings.concurrency - self.running[key.function] - overflow
         plan: Counter[QueueKey] = Counter()
         paced_out: set[str] = set()
         while True:
@@ -184,13 +194,23 @@ class Dispatcher:
         except Exception:
             logger.exception("task %s: settling failed; its lease will run out and it will be retried", task.id)
         finally:
+            self._answered(task)
+            self.settling[task.function] -= 1
+            self.wake()
+
+    def _answered(self, task: Task) -> None:
+        """The task no longer runs in its function: free its slot (once), and count it as settling."""
+        if task.id in self._in_function:
+            self._in_function.discard(task.id)
             self.running[task.function] -= 1
+            self.settling[task.function] += 1
             self.wake()
 
     async def _attempt(self, task: Task, settings: AsyncSettings, lease_s: float) -> None:
         now = self._clock()
         if is_expired(settings.retry, enqueued_at=task.enqueued_at, now=now):
             reason = f"max_event_age {settings.retry.max_event_age_s:g}s passed before it could run"
+            self._answered(task)
             await self._settle(task, Outcome(TaskStatus.EXPIRED, error=reason))
             return
         keeper = asyncio.create_task(self._keep_lease(task, lease_s))
@@ -203,6 +223,7 @@ class Dispatcher:
             answer = None
         finally:
             keeper.cancel()
+            self._answered(task)
         if answer is not None and answer.ok:
             self._observe(task.function, succeeded=1, throttled=0)
             await self._settle(task, Outcome(TaskStatus.SUCCEEDED, answer.body, answer.status))

@@ -1,10 +1,14 @@
-"""The embedded async queue: tasks in SQLite (WAL), with group commit for submissions.
+"""The embedded async queue: tasks in SQLite (WAL), with group commit.
 
-Durability: `synchronous=FULL`, so a `submit` returns (and the caller gets its 202) only after its commit reached
-the disk. Group commit makes that affordable: every write of the hot path (submissions, and the dispatcher's
-leases, settles, retries and lease extensions) queues in memory, and one database thread commits every write
-waiting at that moment in a single transaction (one fsync), so concurrent writers share the cost instead of
+Durability: a `submit` returns (and the caller gets its 202) only after its commit reached the disk
+(`synchronous=FULL`). Group commit makes that affordable: every write of the hot path (submissions, and the
+dispatcher's leases, settles, retries and lease extensions) queues in memory, and one database thread commits every
+write waiting at that moment in a single transaction (one fsync), so concurrent writers share the cost instead of
 queueing for one fsync each. No timer is involved: while one group is being written, the next one gathers.
+
+A group without a submission commits with `synchronous=NORMAL`: written to the WAL (a killed process loses
+nothing) but not fsynced, since losing the dispatcher's bookkeeping to a power cut only re-runs tasks, which
+at-least-once allows; the next durable commit fsyncs the WAL up to it, so a 202 also covers every earlier write.
 
 All database work runs on that one thread (one connection; SQLite has one writer anyway), so the event loop never
 blocks on the disk. Times are epoch seconds from the caller.
@@ -80,6 +84,8 @@ class _Pending:
     work: Callable[[sqlite3.Connection], Any]
     """Runs inside the group's transaction; returns the answer (an `Exception` answer fails only its caller)."""
     future: asyncio.Future[Any]
+    durable: bool
+    """Must reach the disk before the caller hears back (a submission); else the WAL write is enough."""
 
 
 class SqliteTaskQueue:
@@ -93,6 +99,8 @@ class SqliteTaskQueue:
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
+        self.synchronous = "FULL"
+        """The last group's `PRAGMA synchronous`."""
         self.groups_committed = 0
         """How many group commits ran (writes / groups = the batching factor)."""
 
@@ -129,12 +137,12 @@ class SqliteTaskQueue:
 
     # group commit
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T | Exception]) -> T:
+    async def _write(self, work: Callable[[sqlite3.Connection], T | Exception], *, durable: bool = False) -> T:
         """Run `work` in the next group's transaction; returns once that group is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._pending_lock:
-            self._pending.append(_Pending(work, future))
+            self._pending.append(_Pending(work, future, durable))
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
@@ -142,7 +150,7 @@ class SqliteTaskQueue:
         return await future
 
     async def submit(self, new: NewTask) -> Submitted:
-        return await self._write(lambda db: self._insert(db, new))
+        return await self._write(lambda db: self._insert(db, new), durable=True)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
@@ -158,6 +166,10 @@ class SqliteTaskQueue:
             if self._db is None:
                 raise RuntimeError("the task queue is not open")
             db = self._db
+            synchronous = "FULL" if any(item.durable for item in group) else "NORMAL"
+            if synchronous != self.synchronous:
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                self.synchronous = synchronous
             db.execute("BEGIN IMMEDIATE")
             try:
                 answers = [item.work(db) for item in group]
@@ -168,8 +180,7 @@ class SqliteTaskQueue:
             self.groups_committed += 1
         except Exception as exc:
             answers = [exc] * len(group)
-        for item, answer in zip(group, answers, strict=True):
-            loop.call_soon_threadsafe(_resolve, item.future, answer)
+        loop.call_soon_threadsafe(_resolve_all, [item.future for item in group], answers)
 
     def _insert(self, db: sqlite3.Connection, new: NewTask) -> Submitted | Exception:
         crashpoint("before_persist")
@@ -398,10 +409,12 @@ def _task(row: tuple[Any, ...]) -> Task:
     )
 
 
-def _resolve(future: asyncio.Future[Any], answer: object) -> None:
-    if future.done():
-        return
-    if isinstance(answer, Exception):
-        future.set_exception(answer)
-    else:
-        future.set_result(answer)
+def _resolve_all(futures: list[asyncio.Future[Any]], answers: list[Any]) -> None:
+    """On the event loop: one wake-up answers the whole group."""
+    for future, answer in zip(futures, answers, strict=True):
+        if future.done():
+            continue
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

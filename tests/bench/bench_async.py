@@ -6,7 +6,7 @@ Both sides run the same work in the same run on the same machine:
   tasks submitted as `POST /async-function/noop` over keep-alive HTTP connections from `--clients` concurrent
   clients (a raw asyncio HTTP/1.1 client, so the client's own cost stays small and alike on both sides).
 - Celery 5 (`redis://127.0.0.1:6379`, broker and result backend), a worker started here as a subprocess, the
-  same no-op task submitted with `task.delay()` from `--clients` threads. The worker pool is measured both as
+  same no-op task submitted with `apply_async` from `--clients` threads. The worker pool is measured both as
   prefork (`-c 2`, one process per core) and threads (`-c 16`); the faster one is the baseline.
 
 Throughput (`*_tps`) is end to end: `--tasks` tasks from the first submission until the last one is stored as
@@ -198,11 +198,13 @@ def nest_idle(url: str, db_path: Path, tasks: int) -> dict[str, Any]:
 # Celery
 
 
-def start_celery_worker(root: Path, pool: tuple[str, ...]) -> subprocess.Popen[bytes]:
+def start_celery_worker(root: Path, name: str) -> subprocess.Popen[bytes]:
+    """A worker of the pool `name`, consuming only the queue of that name."""
     (root / "celery_noop.py").write_text(textwrap.dedent(CELERY_APP))
-    log = (root / f"celery-{pool[1]}.log").open("wb")
-    command = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "--loglevel", "warning", *pool]
-    command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{pool[1]}@%h"]
+    log = (root / f"celery-{name}.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "--loglevel", "warning"]
+    command += [*CELERY_POOLS[name], "-Q", name, "-n", f"bench-{name}@%h"]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     return process
 
@@ -220,23 +222,23 @@ def _redis(db: int) -> Any:
     return redis.Redis(host="127.0.0.1", port=6379, db=db)
 
 
-def _celery_ready(module: Any, timeout_s: float = 30.0) -> None:
+def _celery_ready(module: Any, queue: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            module.noop.delay(time.time()).get(timeout=2)
+            module.noop.apply_async((time.time(),), queue=queue).get(timeout=2)
             return
         except Exception:  # the worker is still starting
             time.sleep(0.2)
     raise RuntimeError("the Celery worker did not answer")
 
 
-def _celery_submit(module: Any, tasks: int, clients: int, timed: bool) -> None:
+def _celery_submit(module: Any, queue: str, tasks: int, clients: int, timed: bool) -> None:
     per_client = [tasks // clients + (1 if index < tasks % clients else 0) for index in range(clients)]
 
     def client(count: int) -> None:
         for _ in range(count):
-            module.noop.delay(time.time())
+            module.noop.apply_async((time.time(),), queue=queue)
             if timed:
                 time.sleep(0.005)
 
@@ -258,10 +260,10 @@ def _celery_collect(count: int, timeout_s: float) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in backend.mget(keys)]
 
 
-def celery_run(module: Any, tasks: int, clients: int, *, idle: bool) -> dict[str, Any]:
+def celery_run(module: Any, queue: str, tasks: int, clients: int, *, idle: bool) -> dict[str, Any]:
     _redis(15).flushdb()
     first_send = time.time()
-    _celery_submit(module, tasks, 1 if idle else clients, timed=idle)
+    _celery_submit(module, queue, tasks, 1 if idle else clients, timed=idle)
     metas = _celery_collect(tasks, timeout_s=300)
     if any(meta["status"] != "SUCCESS" for meta in metas):
         raise RuntimeError("a Celery task failed")
@@ -270,40 +272,59 @@ def celery_run(module: Any, tasks: int, clients: int, *, idle: bool) -> dict[str
     return {"tps": round(tasks / (last - first_send), 1), "wait": percentiles(waits)}
 
 
-def celery_rounds(root: Path, pool_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    _redis(14).flushdb()
-    worker = start_celery_worker(root, CELERY_POOLS[pool_name])
-    try:
-        module = _celery_app(root)
-        _celery_ready(module)
-        rounds = [celery_run(module, args.tasks, args.clients, idle=False) for _ in range(args.rounds)]
-        rounds[0]["idle"] = celery_run(module, args.idle, 1, idle=True)
-        return rounds
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+class Nest:
+    """A real `nest up` with the no-op function deployed on one warm instance."""
 
-
-def nest_rounds(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    platform = start_platform(root / "data", root / "work")
-    try:
+    def __init__(self, root: Path) -> None:
+        self.platform = start_platform(root / "data", root / "work", extra=("--health-interval", "5"))
+        platform = self.platform
         platform.deploy("noop", NOOP, NOOP_MANIFEST)
         platform.wait_for(
             lambda: any(i["state"] == "ready" for i in platform.describe("noop")["instances"]),  # type: ignore[union-attr]
             what="a warm instance",
         )
-        port = int(platform.url.rsplit(":", 1)[1])
-        db_path = platform.data_dir / "tasks.db"
-        nest_throughput(port, db_path, 500, args.clients)  # warm-up
-        rounds = [nest_throughput(port, db_path, args.tasks, args.clients) for _ in range(args.rounds)]
-        rounds[0]["idle"] = nest_idle(platform.url, db_path, args.idle)
-        return rounds
+        self.port = int(platform.url.rsplit(":", 1)[1])
+        self.db_path = platform.data_dir / "tasks.db"
+        nest_throughput(self.port, self.db_path, 500, 16)  # warm-up
+
+    def close(self) -> None:
+        stop_platform(self.platform)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_all(root: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Rounds interleaved (Nest, then each Celery pool), so the machine's noise hits every side alike."""
+    _redis(14).flushdb()
+    workers = {name: start_celery_worker(root, name) for name in CELERY_POOLS}
+    nest: Nest | None = None
+    try:
+        module = _celery_app(root)
+        for name in CELERY_POOLS:
+            _celery_ready(module, name)
+        nest = Nest(root)
+        nest_rounds: list[dict[str, Any]] = []
+        celery_rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in CELERY_POOLS}
+        for _ in range(args.rounds):
+            nest_rounds.append(nest_throughput(nest.port, nest.db_path, args.tasks, args.clients))
+            for name in CELERY_POOLS:
+                celery_rounds[name].append(celery_run(module, name, args.tasks, args.clients, idle=False))
+        nest_rounds[0]["idle"] = nest_idle(nest.platform.url, nest.db_path, args.idle)
+        for name in CELERY_POOLS:
+            celery_rounds[name][0]["idle"] = celery_run(module, name, args.idle, 1, idle=True)
+        return nest_rounds, celery_rounds
     finally:
-        stop_platform(platform)
+        if nest is not None:
+            nest.close()
+        for worker in workers.values():
+            stop(worker)
 
 
 def median_of(rounds: list[dict[str, Any]], *path: str) -> float:
@@ -319,15 +340,14 @@ def median_of(rounds: list[dict[str, Any]], *path: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=int, default=300, help="tasks sent one at a time for the unloaded wait")
     args = parser.parse_args()
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
-        nest = nest_rounds(root, args)
-        celery = {name: celery_rounds(root, name, args) for name in CELERY_POOLS}
+        nest, celery = run_all(root, args)
     celery_tps = {name: median_of(rounds, "tps") for name, rounds in celery.items()}
     best = max(celery_tps, key=lambda name: celery_tps[name])
     nest_tps = median_of(nest, "tps")

@@ -59,3 +59,20 @@ async def test_only_the_lease_holder_extends_a_lease_written_in_a_group(tmp_path
         assert await queue.extend(submitted.task.id, owner="a", until=500.0) is True
     finally:
         await queue.close()
+
+
+async def test_only_groups_with_a_submission_wait_for_the_disk(tmp_path: Path) -> None:
+    queue = SqliteTaskQueue(tmp_path / "tasks.db")
+    await queue.open()
+    try:
+        submitted = await queue.submit(new_task(1))
+        assert queue.synchronous == "FULL"
+        await queue.lease(KEY, owner="a", now=101.0, lease_s=30.0, limit=1)
+        assert queue.synchronous == "NORMAL", "the dispatcher's bookkeeping is written to the WAL, not fsynced"
+        await asyncio.gather(
+            queue.settle(submitted.task.id, owner="a", outcome=Outcome(TaskStatus.SUCCEEDED), now=102.0),
+            queue.submit(new_task(2)),
+        )
+        assert queue.synchronous == "FULL", "a group holding a submission is fsynced whole"
+    finally:
+        await queue.close()
