@@ -66,9 +66,6 @@ class Trace:
         """When the last request finishes: the horizon every policy is measured to."""
         return max((request.arrival_s + request.duration_s for request in self.requests), default=0.0)
 
-    def of(self, function: str) -> tuple[Request, ...]:
-        return tuple(request for request in self.requests if request.function == function)
-
 
 def step_load(before: int, after: int, *, at_s: float, for_s: float, request_s: float) -> Trace:
     """Closed-loop clients as a trace: `before` back-to-back callers until `at_s`, `after` for `for_s`, then none.
