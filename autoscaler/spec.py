@@ -7,8 +7,9 @@ target is set and the source reports them) keeps a `Window`; the demand it impli
 
 over the stable and the panic window. Two demands need no window: `queue`, the in-flight plus queued requests at
 the end of the tick (so a burst late in a tick scales at once), and `trend`, the panic window's least-squares
-line projected over `start_latency_s` plus one tick when it rises (`prediction`), so a steady ramp has its
-instances ready when the load arrives rather than a start-up later.
+line projected over `start_latency_s` plus one tick when it rises significantly (`prediction`; a slope within
+two standard errors of flat is noise), so a steady ramp has its instances ready when the load arrives rather
+than a start-up later.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Metric(StrEnum):
 
 WINDOWED = (Metric.CONCURRENCY, Metric.QPS, Metric.CPU, Metric.MEMORY)
 MiB = 1024.0**2
+TREND_MIN_T = 2.0
+"""A rise counts as a trend only when its slope is this many standard errors above flat (noise is no trend)."""
 
 Windows = tuple[tuple[Metric, Window], ...]
 
@@ -107,7 +110,7 @@ def _rising(spec: ScalingSpec, window: Window, level: float, *, now: float, ahea
     """The panic window's trend `ahead_s` from now, if prediction is on and the trend rises above `level`."""
     if not spec.prediction:
         return None
-    ahead = projected(window, now=now, length_s=spec.panic_window_s, ahead_s=ahead_s)
+    ahead = projected(window, now=now, length_s=spec.panic_window_s, ahead_s=ahead_s, min_t=TREND_MIN_T)
     return ahead if ahead is not None and ahead > level else None
 
 

@@ -96,11 +96,14 @@ def covered_s(window: Window, *, now: float, length_s: float) -> float:
     return sum(window.covered[low:high])
 
 
-def projected(window: Window, *, now: float, length_s: float, ahead_s: float, min_points: int = 3) -> float | None:
+def projected(
+    window: Window, *, now: float, length_s: float, ahead_s: float, min_points: int = 3, min_t: float = 0.0
+) -> float | None:
     """The least-squares line through the last `length_s` of buckets, evaluated at `now + ahead_s`.
 
     Each bucket is a point at its middle, weighted by its covered time. None with fewer than `min_points`
-    buckets (no trend from one or two seconds).
+    buckets (no trend from one or two seconds), or when the slope is within `min_t` standard errors of flat
+    (a trend that noise explains is no trend).
     """
     low, high = _first(window, now=now, length_s=length_s)
     buckets = [
@@ -119,4 +122,12 @@ def projected(window: Window, *, now: float, length_s: float, ahead_s: float, mi
     if spread <= 0:
         return mean_y
     slope = sum((second + 0.5 - mean_x) * (total - covered * mean_y) for second, total, covered in buckets) / spread
+    if min_t > 0:
+        residuals = sum(
+            covered * (total / covered - mean_y - slope * (second + 0.5 - mean_x)) ** 2
+            for second, total, covered in buckets
+        )
+        noise = math.sqrt(residuals / weight * len(buckets) / max(len(buckets) - 2, 1) / spread)
+        if abs(slope) <= min_t * noise:
+            return None
     return mean_y + slope * (now + ahead_s - mean_x)

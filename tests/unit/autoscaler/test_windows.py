@@ -88,3 +88,16 @@ def test_the_average_lies_between_the_extremes(values: list[float]) -> None:
     recent = values[-61:]
     assert mean is not None
     assert min(recent) - 1e-6 <= mean <= max(recent) + 1e-6
+
+
+def test_a_slope_that_noise_explains_is_no_trend() -> None:
+    noisy = filled([5.0, 3.0, 6.0, 2.0, 7.0, 4.0])
+    assert projected(noisy, now=106.0, length_s=6, ahead_s=2.0, min_t=2.0) is None
+    assert projected(noisy, now=106.0, length_s=6, ahead_s=2.0) is not None
+
+
+def test_a_clear_rise_is_a_trend_despite_some_noise() -> None:
+    rising = filled([0.0, 2.2, 3.8, 6.1, 8.0, 9.9])
+    ahead = projected(rising, now=106.0, length_s=6, ahead_s=1.0, min_t=2.0)
+    assert ahead is not None
+    assert ahead > 10.0
