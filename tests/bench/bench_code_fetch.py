@@ -24,6 +24,7 @@ import argparse
 import importlib
 import io
 import json
+import os
 import random
 import shutil
 import statistics
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--megabytes", type=float, default=20.0)
     args = parser.parse_args()
+    load_start = round(os.getloadavg()[0], 2)  # this machine is shared: a busy one flattens every parallel figure
     with tempfile.TemporaryDirectory(prefix="bench-code-") as scratch_name:
         scratch = Path(scratch_name)
         files, source_bytes = generate(scratch / "tree", args.megabytes)
@@ -280,6 +282,7 @@ def main() -> None:
         "compressed_mb": {m: round(sum(r.size for r in built[f"tree/{m}"].manifest.chunks) / 1e6, 2) for m in MODES},
         "threads": THREADS,
         "trials": args.trials,
+        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "raw_single_thread_decompress_mb_s": raw,
         **layouts,
         "warm_cache_ms_p50": warm,
