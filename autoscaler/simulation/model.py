@@ -23,12 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from autoscaler.simulation.policies import NestPolicy, observation
+from autoscaler.decision import Observation
+from autoscaler.simulation.policies import NestPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from autoscaler.decision import Observation
     from autoscaler.simulation.policies import Policy, Verdict
     from autoscaler.simulation.traces import Request, Trace
     from nest.contracts.model import ScalingSpec
@@ -229,7 +229,7 @@ class _Run:
 
     def _observe(self, *, interval_s: float, poked: bool = False) -> Observation:
         point = float(self.in_flight + len(self.queue))
-        return observation(
+        return Observation(
             concurrency=self.load_area / interval_s if interval_s > 0 else point,
             in_flight=self.in_flight,
             queued=len(self.queue),

@@ -46,23 +46,13 @@ class Policy(Protocol):
     def poke(self, seen: Observation, now: float) -> Verdict | None: ...
 
 
-def observation(**values: Any) -> Observation:
-    """An `Observation` from the values this engine version knows (newer keyword fields are dropped if absent)."""
-    known = {item.name for item in fields(Observation)}
-    return Observation(**{name: value for name, value in values.items() if name in known})
-
-
 def nest_spec(*, concurrency: int, start_latency_s: float, **overrides: Any) -> ScalingSpec:
     """The live defaults of `ScalingSpec`, aimed at `concurrency` per instance, uncapped, with `overrides`."""
-    known = {item.name for item in fields(ScalingSpec)}
-    values: dict[str, Any] = {"target_concurrency": float(concurrency), "max": MAX_INSTANCES}
-    if "start_latency_s" in known:
-        values["start_latency_s"] = start_latency_s
-    values.update(overrides)
-    unknown = set(values) - known
+    spec = ScalingSpec(target_concurrency=float(concurrency), max=MAX_INSTANCES, start_latency_s=start_latency_s)
+    unknown = set(overrides) - {item.name for item in fields(ScalingSpec)}
     if unknown:
         raise InvalidInput("policy", f"ScalingSpec has no field(s) {sorted(unknown)}")
-    return ScalingSpec(**values)
+    return replace(spec, **overrides)
 
 
 class NestPolicy:
@@ -76,14 +66,14 @@ class NestPolicy:
     def decide(self, seen: Observation, now: float) -> Verdict:
         decision = decide(self.spec, self._state, seen, now)
         self._state = decision.state
-        return Verdict(decision.desired, decision.reason, str(getattr(decision, "mode", "stable")))
+        return Verdict(decision.desired, decision.reason, decision.mode.value)
 
     def poke(self, seen: Observation, now: float) -> Verdict | None:
         if seen.current:
             return None
         # As `Autoscaler.answer_pokes`: a point observation of one waiting request at zero instances.
         return self.decide(
-            observation(
+            Observation(
                 concurrency=0.0, in_flight=0, queued=1, completed=0, current=0, poked=True, ready=0, interval_s=0.0
             ),
             now,
@@ -186,7 +176,7 @@ class KpaPolicy:
         reporting = seen.current > 0 or seen.concurrency > 0 or seen.in_flight + seen.queued > 0
         if reporting:
             # Each instance's queue-proxy reports every second (zeros included); the activator reports what it holds.
-            for offset in range(max(1, round(getattr(seen, "interval_s", self.tick_s)))):
+            for offset in range(max(1, round(seen.interval_s))):
                 self._stable.record(second - offset, seen.concurrency)
                 self._panic.record(second - offset, seen.concurrency)
         return self._scale(seen, now, second)
@@ -209,8 +199,7 @@ class KpaPolicy:
         stable, panic = self._stable.average(second), self._panic.average(second)
         if stable is None:
             return Verdict(seen.current, "no data in the stable window: scale unchanged")
-        ready_now = getattr(seen, "ready", None)
-        ready = seen.current if ready_now is None else ready_now
+        ready = seen.current if seen.ready is None else seen.ready
         desired, reason, mode = self.scale(
             stable=stable, panic=stable if panic is None else panic, ready=ready, now=now
         )

@@ -21,7 +21,6 @@ import itertools
 import json
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,6 @@ from autoscaler.simulation.model import Settings, simulate
 from autoscaler.simulation.policies import KeepAlivePolicy, KpaConfig, KpaPolicy, make_policy, nest_spec, tuned
 from autoscaler.simulation.report import dominates, figures, improvement
 from autoscaler.simulation.traces import load_trace
-from nest.contracts.model import ScalingSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,12 +76,11 @@ def sweep(
     """Points (label, delayed %, instance-seconds) per family, summed over the sweep traces; and per Nest
     configuration, the traces of the whole suite on which it dominates KPA's defaults."""
     spec = nest_spec(concurrency=settings.concurrency, start_latency_s=settings.start_latency_s)
-    names = {item.name for item in fields(ScalingSpec)}
     families: dict[str, list[tuple[str, Callable[[], Policy]]]] = {"nest": [], "kpa": [], "keepalive": []}
     for delay, utilization, prediction in itertools.product((0.0, 10.0, 30.0), (0.7, 0.8), (True, False)):
         overrides = {"scale_down_delay_s": delay, "utilization": utilization, "prediction": prediction}
         label = f"delay {delay:g}s util {utilization:g}" + ("" if prediction else " no-trend")
-        families["nest"].append((label, tuned(spec, **{k: v for k, v in overrides.items() if k in names})))
+        families["nest"].append((label, tuned(spec, **overrides)))
     for window, utilization in itertools.product((30.0, 60.0, 120.0), (0.5, 0.7, 0.9)):
         config = KpaConfig(
             target=settings.concurrency * utilization, stable_window_s=window, panic_window_s=window / 10

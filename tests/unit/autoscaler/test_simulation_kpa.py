@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.simulation.policies import KpaConfig, KpaPolicy, _Buckets, observation
+from autoscaler.decision import Observation
+from autoscaler.simulation.policies import KpaConfig, KpaPolicy, _Buckets
 
 
 def knative(target: float = 10.0, **overrides: float) -> KpaPolicy:
@@ -113,7 +114,7 @@ def test_window_average_stops_at_the_last_write_when_data_stops() -> None:
 
 
 def tick(policy: KpaPolicy, now: float, *, concurrency: float, current: int) -> int:
-    seen = observation(
+    seen = Observation(
         concurrency=concurrency, in_flight=0, queued=0, completed=0, current=current, ready=current, interval_s=2.0
     )
     return policy.decide(seen, now).desired
@@ -132,8 +133,8 @@ def test_scale_to_zero_waits_for_a_stable_window_of_zeros_then_the_grace() -> No
 
 def test_a_poke_at_zero_scales_up_at_once() -> None:
     policy = KpaPolicy(KpaConfig(target=7.0, initial_scale=0))
-    seen = observation(concurrency=3.0, in_flight=0, queued=3, completed=0, current=0, ready=0, interval_s=0.0)
+    seen = Observation(concurrency=3.0, in_flight=0, queued=3, completed=0, current=0, ready=0, interval_s=0.0)
     verdict = policy.poke(seen, 0.3)
     assert verdict is not None
     assert verdict.desired == 1
-    assert policy.poke(observation(concurrency=0.0, in_flight=1, queued=1, completed=0, current=1), 0.4) is None
+    assert policy.poke(Observation(concurrency=0.0, in_flight=1, queued=1, completed=0, current=1), 0.4) is None
