@@ -96,8 +96,13 @@ def show(metric: Metric, value: float) -> str:
     if metric is Metric.CPU:
         return f"{value:.2f} cores"
     if metric is Metric.QPS:
-        return f"{value:.1f}/s"
-    return f"{value:.1f}"
+        return f"{_number(value)}/s"
+    return _number(value)
+
+
+def _number(value: float) -> str:
+    """One decimal, but enough digits that a small non-zero value does not read as 0.0 (it still wants 1)."""
+    return f"{value:.1f}" if value >= 0.05 or value == 0 else f"{value:.2g}"
 
 
 def _formula(spec: ScalingSpec, metric: Metric) -> str:

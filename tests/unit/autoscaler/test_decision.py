@@ -288,3 +288,11 @@ def test_a_schedule_above_max_is_capped_at_max() -> None:
     spec = ScalingSpec(initial_scale=0, max=5, schedules=(schedule,))
     decision = run(spec, [(MAY_4_0930, seen(0.0, current=0))])[-1]
     assert decision.desired == 5
+
+
+def test_a_small_residue_in_the_window_does_not_read_as_zero() -> None:
+    spec = ScalingSpec(initial_scale=0, scale_down_delay_s=0)
+    steps = [(0, seen(1.0, current=1)), (59, seen(0.0, current=1, interval_s=59))]
+    decision = run(spec, steps)[-1]
+    assert decision.desired == 1
+    assert "concurrency 0.017 " in decision.reason
