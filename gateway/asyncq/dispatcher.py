@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nest.asyncq")
 
 LEASE_MARGIN_S = 30.0
+READY_REFRESH_S = 0.1
+READY_REFRESH_ROUNDS = 32
+"""A known backlog stands in for counting it again for at most this long and this many rounds (see `_ready`)."""
 DISPATCH_RATE = aimd.AimdConfig(initial_rate=2000.0, increase=200.0)
 """AIMD's default for dispatch: the function's `async.concurrency` is what bounds a healthy function, so the
 rate starts high (a no-op function drains thousands a second) and is there to back off from throttling and to
@@ -111,6 +114,10 @@ class Dispatcher:
         next task starts while the last one's write waits for its group commit; more than `concurrency` of these
         take slots again (bounded memory when the disk is slow)."""
         self._in_function: set[str] = set()
+        self._known: dict[QueueKey, int] = {}
+        """Due tasks per queue at the last count, less what was leased since."""
+        self._known_at = float("-inf")
+        self._known_rounds = 0
         self._backlog: dict[str, int] = {}
         """Due tasks per function at the last round: AIMD's "is the backlog growing" signal."""
 
@@ -139,7 +146,7 @@ class Dispatcher:
     async def dispatch_round(self, group: asyncio.TaskGroup) -> int:
         """Lease and start what may run now; how many tasks started."""
         now = self._clock()
-        ready = await self._queue.ready(now)
+        ready = await self._ready(now)
         backlog: Counter[str] = Counter()
         for key, count in ready.items():
             backlog[key.function] += count
@@ -151,12 +158,37 @@ class Dispatcher:
             if settings is None:
                 continue
             lease_s = settings.timeout_s + self._lease_margin_s
-            for task in await self._queue.lease(key, owner=self._owner, now=now, lease_s=lease_s, limit=count):
+            leased = await self._queue.lease(key, owner=self._owner, now=now, lease_s=lease_s, limit=count)
+            self._known[key] = max(0, self._known.get(key, 0) - count) if len(leased) == count else 0
+            for task in leased:
                 self.running[task.function] += 1
                 self._in_function.add(task.id)
                 group.create_task(self._execute(task, settings, lease_s), name=f"task {task.id}")
                 started += 1
         return started
+
+    async def _ready(self, now: float) -> dict[QueueKey, int]:
+        """Due tasks per queue. Counting them scans the backlog, so while the last count (less what was leased
+        since) is fresh and deep enough to fill every free slot, it stands in for a new one; a shallow or stale one
+        is counted again, so new queues, pauses and delayed tasks coming due show within `READY_REFRESH_S`."""
+        fresh = now - self._known_at < READY_REFRESH_S and self._known_rounds < READY_REFRESH_ROUNDS
+        if fresh and self._known and self._fills(self._known):
+            self._known_rounds += 1
+            return dict(self._known)
+        self._known = dict(await self._queue.ready(now))
+        self._known_at, self._known_rounds = now, 0
+        return dict(self._known)
+
+    def _fills(self, known: dict[QueueKey, int]) -> bool:
+        """Can the known backlog fill every function's free slots?"""
+        depth: Counter[str] = Counter()
+        for key, count in known.items():
+            depth[key.function] += count
+        for function, count in depth.items():
+            settings = self._catalog.async_settings(function)
+            if settings is not None and count < settings.concurrency - self.running[function]:
+                return False
+        return True
 
     def _plan(self, ready: dict[QueueKey, int], now: float) -> Counter[QueueKey]:
         left = dict(ready)

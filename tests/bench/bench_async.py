@@ -33,13 +33,17 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tests.integration.conftest import start_platform, stop_platform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOOP = """
 import json, time
@@ -77,11 +81,23 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 # Nest
 
 
-class _Submitter(asyncio.Protocol):
-    """One keep-alive connection sending `POST /async-function/noop` (a fresh send time each) until `left` is 0."""
+class Submitter(asyncio.Protocol):
+    """One keep-alive connection POSTing to `path` (a fresh `body(n)` each, n counting down) until `left` is 0.
 
-    def __init__(self, host: str, left: list[int], done: asyncio.Future[int]) -> None:
-        self.host, self.left, self.done = host, left, done
+    `statuses` counts the answers; `retry_after` collects the Retry-After values of refusals."""
+
+    def __init__(
+        self,
+        left: list[int],
+        done: asyncio.Future[int],
+        *,
+        path: str = "/async-function/noop",
+        body: Callable[[int], bytes] = lambda _: json.dumps({"sent": time.time()}).encode(),
+        statuses: Counter[int] | None = None,
+    ) -> None:
+        self.left, self.done, self.path, self.body = left, done, path, body
+        self.statuses: Counter[int] = Counter() if statuses is None else statuses
+        self.retry_after: list[str] = []
         self.buffer = bytearray()
         self.refused = 0
         self.transport: asyncio.Transport | None = None
@@ -92,8 +108,8 @@ class _Submitter(asyncio.Protocol):
             self.transport.close()
             return
         self.left[0] -= 1
-        body = json.dumps({"sent": time.time()}).encode()
-        head = f"POST /async-function/noop HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+        body = self.body(self.left[0])
+        head = f"POST {self.path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
         self.transport.write(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,8 +125,11 @@ class _Submitter(asyncio.Protocol):
             if len(self.buffer) < head_end + length:
                 return
             del self.buffer[: head_end + length]
+            self.statuses[int(head[9:12])] += 1
             if head[9:12] != b"202":
                 self.refused += 1
+                if b"retry-after:" in head:
+                    self.retry_after.append(head.split(b"retry-after:", 1)[1].split(b"\r\n", 1)[0].strip().decode())
             self.send()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -123,7 +142,7 @@ async def _submit_all(port: int, tasks: int, clients: int) -> int:
     left = [tasks]
     futures = [loop.create_future() for _ in range(clients)]
     for future in futures:
-        await loop.create_connection(lambda f=future: _Submitter("bench", left, f), "127.0.0.1", port)
+        await loop.create_connection(lambda f=future: Submitter(left, f), "127.0.0.1", port)
     return sum(await asyncio.gather(*futures))
 
 
