@@ -19,7 +19,13 @@ from gateway.asyncq.fairness import QueueKey
 from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
 from gateway.asyncq.jetstream.records import message_headers
 from gateway.asyncq.tasks import Outcome, Task, TaskStatus
-from tests.unit.gateway.asyncq.test_queue_contract import DUE_WITHIN_S, NATS_URL, new_task, open_jetstream
+from tests.unit.gateway.asyncq.test_queue_contract import (
+    DUE_WITHIN_S,
+    NATS_URL,
+    new_task,
+    open_jetstream,
+    require_nats,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +36,7 @@ KEY = QueueKey("hello", 0)
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
+    await require_nats()
     name = f"T{uuid.uuid4().hex[:12]}"
     yield name
     cleaner = JetStreamTaskQueue(NATS_URL, prefix=name, shards=2)

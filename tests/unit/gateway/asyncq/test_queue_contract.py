@@ -77,28 +77,44 @@ def new_task(payload: bytes = b"{}", *, at: float, not_before: float | None = No
     )
 
 
+_reachability: list[str | None] = []
+"""The answer of the first `nats_reachable` call (asked once per test session)."""
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: the reachability probe reports its failure itself."""
+
+
 async def nats_reachable() -> str | None:
     """None if NATS with JetStream answers at `NEST_NATS_URL`, else why not."""
+    if _reachability:
+        return _reachability[0]
+    problem = None
     try:
-        connection = await nats.connect(NATS_URL, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0)
-    except Exception as exc:  # any failure to connect means "not reachable"
-        return f"{type(exc).__name__}: {exc}"
-    try:
-        await connection.jetstream().account_info()
-    except Exception as exc:
-        return f"JetStream is not enabled: {exc}"
-    finally:
-        await connection.close()
-    return None
+        async with asyncio.timeout(3):
+            connection = await nats.connect(NATS_URL, connect_timeout=1, allow_reconnect=False, error_cb=_quiet)
+            try:
+                await connection.jetstream().account_info()
+            finally:
+                await connection.close()
+    except Exception as exc:  # any failure means "not usable here"
+        problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    _reachability.append(problem)
+    return problem
 
 
-async def open_jetstream(prefix: str) -> JetStreamTaskQueue:
+async def require_nats() -> None:
+    """Skip the test without NATS JetStream, or fail it under `CI`, naming what is missing."""
     problem = await nats_reachable()
     if problem is not None:
         reason = f"no NATS JetStream at {NATS_URL} (set NEST_NATS_URL): {problem}"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+async def open_jetstream(prefix: str) -> JetStreamTaskQueue:
+    await require_nats()
     queue = JetStreamTaskQueue(NATS_URL, prefix=prefix, shards=2)
     await queue.open()
     return queue
