@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
+from hypothesis import given, settings, strategies as st
 
 from autoscaler.schedules import is_open, minimum_at
 from nest.contracts.manifest import ManifestError, parse_manifest
@@ -19,6 +23,14 @@ HOURLY_PARIS = ScalingSchedule("0 * * * *", "Europe/Paris", HOUR, 1)
 
 def utc(*parts: int) -> float:
     return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+
+
+SHIFTS = [utc(2026, 3, 29, 1, 0), utc(2026, 10, 25, 1, 0), utc(2026, 3, 8, 7, 0), utc(2026, 11, 1, 6, 0)]
+"""DST transitions of 2026 in Paris and New York (UTC instants), to sample near."""
+
+
+def near(instant: float) -> st.SearchStrategy[float]:
+    return st.floats(instant - 4 * 3600, instant + 4 * 3600)
 
 
 # 2026: Europe/Paris springs forward on Sunday 29 March at 02:00 CET (01:00 UTC) and falls back on Sunday
@@ -127,3 +139,39 @@ def test_bad_scaling_keys_name_the_problem(scaling: str, problem: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(f"name: hello\nscaling: {scaling}\n")
     assert problem in str(caught.value)
+
+
+def _brute_force_open(schedule: ScalingSchedule, now: float) -> bool:
+    """Minute by minute over the last `duration_s`: does the wall clock in the zone match the cron fields?"""
+    zone = ZoneInfo(schedule.timezone)
+    minute = math.floor(now / 60) * 60
+    while minute > now - schedule.duration_s:
+        wall = datetime.fromtimestamp(minute, zone).replace(tzinfo=None)
+        if croniter.match(schedule.cron, wall):
+            return True
+        minute -= 60
+    return False
+
+
+def _offset_changes(zone_name: str, start: float, end: float) -> bool:
+    zone = ZoneInfo(zone_name)
+    return datetime.fromtimestamp(start, zone).utcoffset() != datetime.fromtimestamp(end, zone).utcoffset()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cron=st.sampled_from(["0 9 * * MON-FRI", "30 2 * * *", "*/20 * * * *", "15 1-3 * * SUN", "0 0 1 * *"]),
+    zone=st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]),
+    duration_min=st.integers(1, 180),
+    now=st.floats(utc(2026, 1, 1), utc(2027, 1, 1)) | st.sampled_from(SHIFTS).flatmap(near),
+)
+def test_schedules_agree_with_a_minute_by_minute_reading_of_the_wall_clock(
+    cron: str, zone: str, duration_min: int, now: float
+) -> None:
+    schedule = ScalingSchedule(cron, zone, duration_min * 60.0, 1)
+    mine, brute = is_open(schedule, now), _brute_force_open(schedule, now)
+    if brute:
+        assert mine, "every wall-clock firing opens a window"
+    elif mine:
+        # Only a skipped wall time fires where the wall clock never shows it: at a transition inside the window.
+        assert _offset_changes(zone, now - schedule.duration_s - 60, now)
