@@ -2,9 +2,10 @@
 
 Both sides run the same work in the same run on the same machine:
 
-- Nest: a real `nest up` (SQLite queue, group commit, `synchronous=FULL`), a no-op function on one warm instance,
-  tasks submitted as `POST /async-function/noop` over keep-alive HTTP connections from `--clients` concurrent
-  clients (a raw asyncio HTTP/1.1 client, so the client's own cost stays small and alike on both sides).
+- Nest: a real `nest up` per queue backend, the embedded SQLite queue (group commit, submissions fsynced) and
+  NATS JetStream (`--queue nats://...`, skipped with `--nats ''`), a no-op function on one warm instance, tasks
+  submitted as `POST /async-function/noop` over keep-alive HTTP connections from `--clients` concurrent clients
+  (a raw asyncio HTTP/1.1 client, so the client's own cost stays small).
 - Celery 5 (`redis://127.0.0.1:6379`, broker and result backend), a worker started here as a subprocess, the
   same no-op task submitted with `apply_async` from `--clients` threads. The worker pool is measured both as
   prefork (`-c 2`, one process per core) and threads (`-c 16`); the faster one is the baseline.
@@ -16,7 +17,7 @@ backlogged (the throughput run) and not backlogged (`--idle` tasks sent one at a
 `queued_s` (stored enqueue to lease) is reported beside it. Targets (issue 5): Nest >= 4x Celery's throughput
 (stretch 7x), queue-wait p50 <= 5 ms when not backlogged. Prints one JSON line.
 
-Run: .venv/bin/python -m tests.bench.bench_async [--tasks 5000] [--clients 16] [--rounds 3]
+Run: .venv/bin/python -m tests.bench.bench_async [--tasks 5000] [--clients 32] [--rounds 3] [--nats URL]
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class Submitter(asyncio.Protocol):
         path: str = "/async-function/noop",
         body: Callable[[int], bytes] = lambda _: json.dumps({"sent": time.time()}).encode(),
         statuses: Counter[int] | None = None,
+        call_ids: list[str] | None = None,
     ) -> None:
         self.left, self.done, self.path, self.body = left, done, path, body
+        self.call_ids = call_ids
         self.statuses: Counter[int] = Counter() if statuses is None else statuses
         self.retry_after: list[str] = []
         self.buffer = bytearray()
@@ -124,6 +127,8 @@ class Submitter(asyncio.Protocol):
             length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
             if len(self.buffer) < head_end + length:
                 return
+            if self.call_ids is not None and head[9:12] == b"202":
+                self.call_ids.append(json.loads(bytes(self.buffer[head_end : head_end + length]))["call_id"])
             del self.buffer[: head_end + length]
             self.statuses[int(head[9:12])] += 1
             if head[9:12] != b"202":
@@ -137,13 +142,31 @@ class Submitter(asyncio.Protocol):
             self.done.set_result(self.refused)
 
 
-async def _submit_all(port: int, tasks: int, clients: int) -> int:
+async def _submit_all(port: int, tasks: int, clients: int, call_ids: list[str] | None) -> int:
     loop = asyncio.get_running_loop()
     left = [tasks]
     futures = [loop.create_future() for _ in range(clients)]
     for future in futures:
-        await loop.create_connection(lambda f=future: Submitter(left, f), "127.0.0.1", port)
+        await loop.create_connection(lambda f=future: Submitter(left, f, call_ids=call_ids), "127.0.0.1", port)
     return sum(await asyncio.gather(*futures))
+
+
+def _api_rows(url: str, call_ids: list[str], timeout_s: float) -> list[tuple[Any, ...]]:
+    """The same rows as `_nest_rows`, from `GET /api/v1/invocations/{id}` (any queue backend), once all are final."""
+    rows: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for call_id in call_ids:
+            while True:
+                view = http.get(f"/api/v1/invocations/{call_id}").json()
+                if view["status"] not in {"queued", "delayed", "running"}:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"invocation {call_id} did not finish within {timeout_s:.0f}s: {view}")
+                time.sleep(0.05)
+            result = view.get("result", "").encode()
+            rows.append((None, view["status"], view["enqueued_at"], view["started_at"], view["finished_at"], result))
+    return rows
 
 
 def _nest_rows(db_path: Path, since_seq: int) -> list[tuple[Any, ...]]:
@@ -191,27 +214,58 @@ def _nest_figures(rows: list[tuple[Any, ...]], first_send: float) -> dict[str, A
     }
 
 
-def nest_throughput(port: int, db_path: Path, tasks: int, clients: int) -> dict[str, Any]:
-    since = _last_seq(db_path)
-    first_send = time.time()
-    refused = asyncio.run(_submit_all(port, tasks, clients))
-    if refused:
-        raise RuntimeError(f"{refused} submissions were not accepted")
-    return _nest_figures(_nest_wait_done(db_path, since, tasks, timeout_s=300), first_send)
+class Nest:
+    """A real `nest up` (`--queue` URL, or the embedded SQLite queue) with the no-op function on one warm instance.
 
+    With SQLite the figures are read from `tasks.db` (read-only); with another backend from the invocations API.
+    """
 
-def nest_idle(url: str, db_path: Path, tasks: int) -> dict[str, Any]:
-    """One at a time, 5 ms apart: nothing is backlogged."""
-    since = _last_seq(db_path)
-    first_send = time.time()
-    with httpx.Client(base_url=url) as http:
-        for _ in range(tasks):
-            response = http.post("/async-function/noop", json={"sent": time.time()})
-            if response.status_code != 202:
-                raise RuntimeError(f"submission answered {response.status_code}: {response.text}")
-            time.sleep(0.005)
-    figures = _nest_figures(_nest_wait_done(db_path, since, tasks, timeout_s=60), first_send)
-    return {"wait": figures["wait"], "queued_s": figures["queued_s"]}
+    def __init__(self, root: Path, queue: str | None = None) -> None:
+        name = "nats" if queue else "sqlite"
+        extra = ("--health-interval", "5", *(("--queue", queue) if queue else ()))
+        self.platform = start_platform(root / name / "data", root / name / "work", extra=extra)
+        platform = self.platform
+        platform.deploy("noop", NOOP, NOOP_MANIFEST)
+        platform.wait_for(
+            lambda: any(i["state"] == "ready" for i in platform.describe("noop")["instances"]),  # type: ignore[union-attr]
+            what="a warm instance",
+        )
+        self.port = int(platform.url.rsplit(":", 1)[1])
+        self.db_path = None if queue else platform.data_dir / "tasks.db"
+        self.throughput(500, 16)  # warm-up
+
+    def throughput(self, tasks: int, clients: int) -> dict[str, Any]:
+        since = _last_seq(self.db_path) if self.db_path else 0
+        call_ids: list[str] | None = None if self.db_path else []
+        first_send = time.time()
+        refused = asyncio.run(_submit_all(self.port, tasks, clients, call_ids))
+        if refused:
+            raise RuntimeError(f"{refused} submissions were not accepted")
+        return _nest_figures(self._rows(since, tasks, call_ids, timeout_s=300), first_send)
+
+    def idle(self, tasks: int) -> dict[str, Any]:
+        """One at a time, 5 ms apart: nothing is backlogged."""
+        since = _last_seq(self.db_path) if self.db_path else 0
+        call_ids = []
+        first_send = time.time()
+        with httpx.Client(base_url=self.platform.url) as http:
+            for _ in range(tasks):
+                response = http.post("/async-function/noop", json={"sent": time.time()})
+                if response.status_code != 202:
+                    raise RuntimeError(f"submission answered {response.status_code}: {response.text}")
+                call_ids.append(response.json()["call_id"])
+                time.sleep(0.005)
+        figures = _nest_figures(self._rows(since, tasks, call_ids, timeout_s=60), first_send)
+        return {"wait": figures["wait"], "queued_s": figures["queued_s"]}
+
+    def _rows(self, since: int, tasks: int, call_ids: list[str] | None, timeout_s: float) -> list[tuple[Any, ...]]:
+        if self.db_path is not None:
+            return _nest_wait_done(self.db_path, since, tasks, timeout_s=timeout_s)
+        assert call_ids is not None
+        return _api_rows(self.platform.url, call_ids, timeout_s)
+
+    def close(self) -> None:
+        stop_platform(self.platform)
 
 
 # Celery
@@ -291,25 +345,6 @@ def celery_run(module: Any, queue: str, tasks: int, clients: int, *, idle: bool)
     return {"tps": round(tasks / (last - first_send), 1), "wait": percentiles(waits)}
 
 
-class Nest:
-    """A real `nest up` with the no-op function deployed on one warm instance."""
-
-    def __init__(self, root: Path) -> None:
-        self.platform = start_platform(root / "data", root / "work", extra=("--health-interval", "5"))
-        platform = self.platform
-        platform.deploy("noop", NOOP, NOOP_MANIFEST)
-        platform.wait_for(
-            lambda: any(i["state"] == "ready" for i in platform.describe("noop")["instances"]),  # type: ignore[union-attr]
-            what="a warm instance",
-        )
-        self.port = int(platform.url.rsplit(":", 1)[1])
-        self.db_path = platform.data_dir / "tasks.db"
-        nest_throughput(self.port, self.db_path, 500, 16)  # warm-up
-
-    def close(self) -> None:
-        stop_platform(self.platform)
-
-
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -319,28 +354,35 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def run_all(root: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Rounds interleaved (Nest, then each Celery pool), so the machine's noise hits every side alike."""
+Rounds = dict[str, list[dict[str, Any]]]
+
+
+def run_all(root: Path, args: argparse.Namespace) -> tuple[Rounds, Rounds]:
+    """Rounds interleaved (each Nest backend, then each Celery pool), so the machine's noise hits every side alike."""
     _redis(14).flushdb()
     workers = {name: start_celery_worker(root, name) for name in CELERY_POOLS}
-    nest: Nest | None = None
+    nests: dict[str, Nest] = {}
     try:
         module = _celery_app(root)
         for name in CELERY_POOLS:
             _celery_ready(module, name)
-        nest = Nest(root)
-        nest_rounds: list[dict[str, Any]] = []
-        celery_rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in CELERY_POOLS}
+        nests["sqlite"] = Nest(root)
+        if args.nats:
+            nests["nats"] = Nest(root, f"{args.nats.rstrip('/')}/BENCH{os.getpid()}")
+        nest_rounds: Rounds = {name: [] for name in nests}
+        celery_rounds: Rounds = {name: [] for name in CELERY_POOLS}
         for _ in range(args.rounds):
-            nest_rounds.append(nest_throughput(nest.port, nest.db_path, args.tasks, args.clients))
+            for name, nest in nests.items():
+                nest_rounds[name].append(nest.throughput(args.tasks, args.clients))
             for name in CELERY_POOLS:
                 celery_rounds[name].append(celery_run(module, name, args.tasks, args.clients, idle=False))
-        nest_rounds[0]["idle"] = nest_idle(nest.platform.url, nest.db_path, args.idle)
+        for name, nest in nests.items():
+            nest_rounds[name][0]["idle"] = nest.idle(args.idle)
         for name in CELERY_POOLS:
             celery_rounds[name][0]["idle"] = celery_run(module, name, args.idle, 1, idle=True)
         return nest_rounds, celery_rounds
     finally:
-        if nest is not None:
+        for nest in nests.values():
             nest.close()
         for worker in workers.values():
             stop(worker)
@@ -362,29 +404,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=int, default=300, help="tasks sent one at a time for the unloaded wait")
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222", help="JetStream for the NATS backend ('' skips)")
     args = parser.parse_args()
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
-        nest, celery = run_all(root, args)
+        nests, celery = run_all(root, args)
     celery_tps = {name: median_of(rounds, "tps") for name, rounds in celery.items()}
     best = max(celery_tps, key=lambda name: celery_tps[name])
-    nest_tps = median_of(nest, "tps")
+    figures: dict[str, Any] = {"bench": "async", "tasks": args.tasks, "clients": args.clients, "rounds": args.rounds}
+    for name, rounds in nests.items():
+        figures[f"{name}_tps"] = median_of(rounds, "tps")
+        figures[f"{name}_tps_rounds"] = [entry["tps"] for entry in rounds]
+        figures[f"{name}_idle_wait_p50_ms"] = rounds[0]["idle"]["wait"]["p50_ms"]
+        figures[f"{name}_idle_wait_p99_ms"] = rounds[0]["idle"]["wait"]["p99_ms"]
+        figures[f"{name}_idle_queued_s_p50_ms"] = rounds[0]["idle"]["queued_s"]["p50_ms"]
+        figures[f"{name}_idle_queued_s_p99_ms"] = rounds[0]["idle"]["queued_s"]["p99_ms"]
+        figures[f"{name}_backlog_wait_p50_ms"] = median_of(rounds, "wait", "p50_ms")
+        figures[f"{name}_backlog_wait_p99_ms"] = median_of(rounds, "wait", "p99_ms")
+    for name in nests:
+        figures[f"ratio_{name}_vs_celery"] = round(figures[f"{name}_tps"] / median_of(celery[best], "tps"), 2)
     print(
         json.dumps(
-            {
-                "bench": "async",
-                "tasks": args.tasks,
-                "clients": args.clients,
-                "rounds": args.rounds,
-                "sqlite_tps": nest_tps,
-                "sqlite_tps_rounds": [entry["tps"] for entry in nest],
-                "sqlite_idle_wait_p50_ms": nest[0]["idle"]["wait"]["p50_ms"],
-                "sqlite_idle_wait_p99_ms": nest[0]["idle"]["wait"]["p99_ms"],
-                "sqlite_idle_queued_s_p50_ms": nest[0]["idle"]["queued_s"]["p50_ms"],
-                "sqlite_idle_queued_s_p99_ms": nest[0]["idle"]["queued_s"]["p99_ms"],
-                "sqlite_backlog_wait_p50_ms": median_of(nest, "wait", "p50_ms"),
-                "sqlite_backlog_wait_p99_ms": median_of(nest, "wait", "p99_ms"),
+            figures
+            | {
                 "celery_pool": best,
                 "celery_tps": celery_tps[best],
                 "celery_tps_by_pool": celery_tps,
@@ -392,7 +435,6 @@ def main() -> None:
                 "celery_idle_wait_p99_ms": celery[best][0]["idle"]["wait"]["p99_ms"],
                 "celery_backlog_wait_p50_ms": median_of(celery[best], "wait", "p50_ms"),
                 "celery_backlog_wait_p99_ms": median_of(celery[best], "wait", "p99_ms"),
-                "ratio_sqlite_vs_celery": round(nest_tps / celery_tps[best], 2),
             }
         )
     )
