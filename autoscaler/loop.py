@@ -109,7 +109,8 @@ class Autoscaler:
             since = self._ticked_at.get(key)
             self._ticked_at[key] = now
             quiet_s = min(max(now - since, 0.0), LONGEST_INTERVAL_S) if since is not None else self._tick_s
-            await self._apply(key, spec, _observe(traffic.get(key), current, quiet_s), now)
+            ready, _ = self._target.counts(key)
+            await self._apply(key, spec, _observe(traffic.get(key), current, quiet_s, ready=ready), now)
 
     async def answer_pokes(self) -> None:
         """Decide at once for poked versions that have no instance yet."""
@@ -119,7 +120,7 @@ class Autoscaler:
         for key in poked:
             if key in scalables and scalables[key][1] == 0:
                 spec, current = scalables[key]
-                seen = Observation(0.0, 0, 1, 0, current, poked=True, interval_s=0.0)
+                seen = Observation(0.0, 0, 1, 0, current, poked=True, ready=0, interval_s=0.0)
                 await self._apply(key, spec, seen, now)
 
     async def _apply(self, key: VersionKey, spec: ScalingSpec, seen: Observation, now: float) -> Decision:
@@ -134,16 +135,17 @@ class Autoscaler:
         return decision
 
 
-def _observe(traffic: VersionTraffic | None, current: int, quiet_s: float) -> Observation:
+def _observe(traffic: VersionTraffic | None, current: int, quiet_s: float, *, ready: int) -> Observation:
     """The decision's view of one interval; no entry means no traffic over the time since the last tick."""
     if traffic is None:
-        return Observation(0.0, 0, 0, 0, current, interval_s=quiet_s)
+        return Observation(0.0, 0, 0, 0, current, ready=ready, interval_s=quiet_s)
     return Observation(
         traffic.concurrency,
         traffic.in_flight,
         traffic.queued,
         traffic.completed,
         current,
+        ready=ready,
         cpu=traffic.cpu,
         memory=traffic.memory,
         interval_s=max(traffic.interval_s, 0.0),

@@ -32,6 +32,10 @@ class ScaleTarget(Protocol):
         """Every live version: its scaling spec and how many instances exist now (ready or starting)."""
         ...
 
+    def counts(self, key: VersionKey) -> tuple[int, int]:
+        """(ready, starting) instances of a version: panic compares demand with the ready ones' capacity."""
+        ...
+
     async def scale(self, key: VersionKey, desired: int, reason: str, *, mode: str = "stable") -> None:
         """Aim for `desired` instances; called every decision (no-ops are the target's to ignore).
 

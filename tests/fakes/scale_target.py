@@ -13,11 +13,18 @@ class FakeScaleTarget:
         self.versions: dict[VersionKey, tuple[ScalingSpec, int]] = {}
         self.calls: list[tuple[VersionKey, int, str]] = []
         self.modes: dict[VersionKey, str] = {}
+        self.starting: dict[VersionKey, int] = {}
         self.follow = True
         """Make the instance count follow the desired count at once, as a perfect backend would."""
 
     def scalables(self) -> dict[VersionKey, tuple[ScalingSpec, int]]:
         return dict(self.versions)
+
+    def counts(self, key: VersionKey) -> tuple[int, int]:
+        """(ready, starting): all ready unless the test says how many are still starting."""
+        current = self.versions[key][1] if key in self.versions else 0
+        starting = min(self.starting.get(key, 0), current)
+        return current - starting, starting
 
     async def scale(self, key: VersionKey, desired: int, reason: str, *, mode: str = "stable") -> None:
         self.calls.append((key, desired, reason))

@@ -135,3 +135,12 @@ async def test_a_failing_tick_does_not_stop_the_loop() -> None:
     loop_task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loop_task
+
+
+async def test_panic_compares_the_demand_with_the_ready_instances_only() -> None:
+    scaler, metrics, target, _ = make(current=3)
+    target.starting[KEY] = 2  # one ready: capacity 7, so 15 in flight is a panic although 3 exist
+    metrics.next = [VersionTraffic(KEY, 15.0, 15, 0, 5, 1.0)]
+    await scaler.tick()
+    assert scaler.mode(KEY) is Mode.PANIC
+    assert "≥ 2 × capacity 7.0" in target.calls[-1][2]
