@@ -19,7 +19,7 @@ POINTS = frozenset(
     {
         "before_persist",  # inside the submission's transaction, before its COMMIT
         "after_persist",  # committed, before the 202 is sent
-        "after_dispatch",  # leased and handed to the function, before its answer is back
+        "after_dispatch",  # leased, being handed to the function (with a delay: while it runs), before its answer
         "after_result",  # the function answered, before the attempt is settled (acked)
         "during_delivery",  # a destination delivery is in flight
     }
