@@ -24,8 +24,10 @@ Streams hold the work, a KV bucket holds the truth about each task (see `records
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from nats.js import api
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 DELAY_CONSUMER = "delay"
 PROMOTE_BATCH = 256
+RECENT_MAX = 20_000
 LOST_LEASE = "lease expired: the dispatcher running it stopped"
 
 
@@ -73,9 +76,11 @@ class JetStreamTaskQueue:
             url, prefix=prefix, shards=shards, duplicate_window_s=duplicate_window_s, replicas=replicas
         )
         self._max_deliver = max_deliver
-        self._held: dict[str, Msg] = {}
-        """The message behind each task this process holds the lease of (to ack, nak or mark in progress)."""
+        self._held: dict[str, _Held] = {}
+        """The tasks this process holds the lease of: their message (to ack or mark in progress) and record."""
         self._ack_waits: dict[QueueKey, float] = {}
+        self._recent: OrderedDict[str, tuple[Record, int]] = OrderedDict()
+        """Records (and revisions) of waiting tasks this process wrote lately, oldest first."""
         self._promoted: dict[int, float] = {}
         """The `now` each shard's delayed tasks were last moved at: a dispatch round's `lease` calls share their
         `ready` call's `now`, and need not move them again."""
@@ -108,7 +113,7 @@ class JetStreamTaskQueue:
         await self.store.destroy()
 
     async def submit(self, new: NewTask) -> Submitted:
-        return await submit(self.store, new)
+        return await submit(self.store, new, remember=self._remember)
 
     # dispatch
 
@@ -123,8 +128,8 @@ class JetStreamTaskQueue:
         naming = self.store.naming
         paused, _ = await self.store.paused()
         held: dict[QueueKey, int] = {}
-        for message in self._held.values():
-            key = _queue_key(message)
+        for holding in self._held.values():
+            key = QueueKey(holding.record.task.function, holding.record.task.priority)
             held[key] = held.get(key, 0) + 1
         ready: dict[QueueKey, int] = {}
         for shard in range(naming.shards):
@@ -142,29 +147,30 @@ class JetStreamTaskQueue:
             return
         self._promoted[shard] = now
         stream = self.store.naming.stream(shard)
-        for message in await self.store.pull(stream, DELAY_CONSUMER, PROMOTE_BATCH):
-            headers = message.headers or {}
-            task_id = headers[TASK_ID]
-            found = await self._record_of(message)
-            record, revision = found
-            task = record.task
-            if task.status in FINAL or (record.seq is not None and record.seq != message.metadata.sequence.stream):
-                await message.term()  # cancelled, or a stale copy of a task that moved on
-                continue
-            if task.not_before > now:
-                await message.nak(delay=task.not_before - now)
-                continue
-            generation = record.generation + 1
-            subject = self.store.naming.work_subject(task.function, task.priority)
-            to_stream, seq = await self.store.publish(
-                subject, message.data, message_headers(task, msg_id=f"{task_id}.{generation}")
-            )
-            moved = replace(record, stream=to_stream, seq=seq, generation=generation)
-            if await self.store.swap(moved, revision):
-                await message.ack()
-            else:
-                await self.store.delete(to_stream, seq)
-                await message.nak()  # changed meanwhile (cancelled?): decide again on the next delivery
+        messages = await self.store.pull(stream, DELAY_CONSUMER, PROMOTE_BATCH)
+        await asyncio.gather(*(self._move_when_due(message, now) for message in messages))
+
+    async def _move_when_due(self, message: Msg, now: float) -> None:
+        record, revision = await self._record_of(message)
+        task = record.task
+        if task.status in FINAL or (record.seq is not None and record.seq != message.metadata.sequence.stream):
+            await message.term()  # cancelled, or a stale copy of a task that moved on
+            return
+        if task.not_before > now:
+            await message.nak(delay=task.not_before - now)
+            return
+        generation = record.generation + 1
+        subject = self.store.naming.work_subject(task.function, task.priority)
+        headers = message_headers(task, msg_id=f"{task.id}.{generation}")
+        to_stream, seq = await self.store.publish(subject, message.data, headers)
+        moved = replace(record, stream=to_stream, seq=seq, generation=generation)
+        moved_revision = await self.store.swap(moved, revision)
+        if moved_revision is not None:
+            self._remember(moved, moved_revision)
+            await message.ack()
+        else:
+            await self.store.delete(to_stream, seq)
+            await message.nak()  # changed meanwhile (cancelled?): decide again on the next delivery
 
     async def backlog(self, function: str) -> int:
         """Tasks of the function that have not finished: waiting (due or delayed) or running."""
@@ -189,17 +195,26 @@ class JetStreamTaskQueue:
             )
             await self.store.ensure_consumer(stream, config)
             self._ack_waits[key] = lease_s
-        leased = []
-        for message in await self.store.pull(stream, consumer, limit):
-            task = await self._take(message, owner=owner, now=now, lease_s=lease_s)
-            if task is not None:
-                leased.append(task)
+        messages = await self.store.pull(stream, consumer, limit)
+        taken = await asyncio.gather(
+            *(self._take(message, owner=owner, now=now, lease_s=lease_s) for message in messages)
+        )
+        leased = [task for task in taken if task is not None]
         return sorted(leased, key=lambda task: (task.not_before, task.enqueued_at))
 
     async def _take(self, message: Msg, *, owner: str, now: float, lease_s: float) -> Task | None:
+        seq = message.metadata.sequence.stream
+        recent = self._recent.pop((message.headers or {})[TASK_ID], None)
+        if recent is not None:  # written here since: try it without reading (a stale one fails the swap)
+            record, revision = recent
+            task = record.task
+            if task.status in WAITING and task.not_before <= now and record.seq == seq:
+                taken = await self._lease_record(message, record, revision, owner=owner, now=now, lease_s=lease_s)
+                if taken is not None:
+                    return taken
         record, revision = await self._record_of(message)
         task = record.task
-        if task.status in FINAL or (record.seq is not None and record.seq != message.metadata.sequence.stream):
+        if task.status in FINAL or (record.seq is not None and record.seq != seq):
             await message.term()
             return None
         lost = task.status is TaskStatus.RUNNING
@@ -212,6 +227,16 @@ class JetStreamTaskQueue:
         if lost and message.metadata.num_delivered >= self._max_deliver:
             await self._give_up(message, record, revision, now=now)
             return None
+        taken = await self._lease_record(message, record, revision, owner=owner, now=now, lease_s=lease_s)
+        if taken is None:
+            await message.nak()  # changed meanwhile (cancelled, or another dispatcher took it): decide again
+        return taken
+
+    async def _lease_record(
+        self, message: Msg, record: Record, revision: int, *, owner: str, now: float, lease_s: float
+    ) -> Task | None:
+        task = record.task
+        lost = task.status is TaskStatus.RUNNING
         taken = replace(
             task,
             status=TaskStatus.RUNNING,
@@ -222,11 +247,20 @@ class JetStreamTaskQueue:
             attempts=task.attempts + int(lost),
             error=LOST_LEASE if lost else task.error,
         )
-        if not await self.store.swap(replace(record, task=taken), revision):
-            await message.nak()  # changed meanwhile (cancelled, or another dispatcher took it): decide again
+        leased = replace(record, task=taken)
+        new_revision = await self.store.swap(leased, revision)
+        if new_revision is None:
             return None
-        self._held[task.id] = message
+        self._held[task.id] = _Held(leased, new_revision, message)
         return replace(taken, payload=message.data)
+
+    def _remember(self, record: Record, revision: int | None) -> None:
+        """Keep a record this process wrote for a waiting task, so that leasing it here needs no read."""
+        if revision is None:
+            return
+        self._recent[record.task.id] = (record, revision)
+        if len(self._recent) > RECENT_MAX:
+            self._recent.popitem(last=False)
 
     async def _record_of(self, message: Msg) -> tuple[Record, int]:
         """The record of the message's task; rebuilt from the message if its submitter stopped before writing it."""
@@ -246,7 +280,7 @@ class JetStreamTaskQueue:
         task = replace(record.task, status=TaskStatus.DEAD_LETTERED, error=error, finished_at=now)
         task = replace(task, lease_owner=None, lease_until=None, attempts=task.attempts + 1)
         dead = await self._bury(replace(record, task=task), message.data)
-        if await self.store.swap(dead, revision):
+        if await self.store.swap(dead, revision) is not None:
             await message.term()
 
     async def _bury(self, record: Record, payload: bytes) -> Record:
@@ -258,32 +292,39 @@ class JetStreamTaskQueue:
         stream, seq = await self.store.publish(self.store.naming.dead_subject(task.function), payload, headers)
         return replace(record, stream=stream, seq=seq)
 
-    async def _held_record(self, task_id: str, owner: str) -> tuple[Record, int] | None:
+    async def _holding(self, task_id: str, owner: str) -> _Held | None:
+        """The task if `owner` holds its lease: from memory when leased here (only a take-over changes a running
+        task's record, and then the compare-and-set fails), else read."""
+        held = self._held.get(task_id)
+        if held is not None:
+            return held if held.record.task.lease_owner == owner else None
         found = await self.store.record(task_id)
         if found is None:
             return None
-        task = found[0].task
-        if task.status is not TaskStatus.RUNNING or task.lease_owner != owner:
+        record, revision = found
+        if record.task.status is not TaskStatus.RUNNING or record.task.lease_owner != owner:
             return None
-        return found
+        return _Held(record, revision, None)
 
     async def extend(self, task_id: str, *, owner: str, until: float) -> bool:
-        found = await self._held_record(task_id, owner)
-        if found is None:
+        held = await self._holding(task_id, owner)
+        if held is None:
             return False
-        record, revision = found
-        if not await self.store.swap(replace(record, task=replace(record.task, lease_until=until)), revision):
+        record = replace(held.record, task=replace(held.record.task, lease_until=until))
+        revision = await self.store.swap(record, held.revision)
+        if revision is None:
+            self._held.pop(task_id, None)  # taken over
             return False
-        message = self._held.get(task_id)
-        if message is not None:
-            await message.in_progress()  # JetStream's ack_wait starts again
+        if held.message is not None:
+            self._held[task_id] = _Held(record, revision, held.message)
+            await held.message.in_progress()  # JetStream's ack_wait starts again
         return True
 
     async def settle(self, task_id: str, *, owner: str, outcome: Outcome, now: float) -> bool:
-        found = await self._held_record(task_id, owner)
-        if found is None:
+        held = await self._holding(task_id, owner)
+        if held is None:
             return False
-        record, revision = found
+        record = held.record
         result = outcome.result
         truncated = result is not None and len(result) > RESULT_MAX_BYTES
         task = record.task
@@ -301,30 +342,39 @@ class JetStreamTaskQueue:
             lease_owner=None,
             lease_until=None,
         )
-        message = self._held.get(task_id)
         settled = replace(record, task=done, stream=None, seq=None)
         if outcome.status in DEAD:
-            payload = message.data if message is not None else await self.store.payload(record.stream, record.seq)
-            settled = await self._bury(settled, payload)
-        if not await self.store.swap(settled, revision):
+            settled = await self._bury(settled, await self._payload(held))
+        return await self._replace(held, settled)
+
+    async def _payload(self, held: _Held) -> bytes:
+        if held.message is not None:
+            return held.message.data
+        return await self.store.payload(held.record.stream, held.record.seq)
+
+    async def _replace(self, held: _Held, record: Record) -> bool:
+        """Write the task's next record and let go of its message: ack it (WorkQueue retention deletes it), or
+        delete it when another process received it. False if the lease was lost meanwhile."""
+        task_id = record.task.id
+        self._held.pop(task_id, None)
+        revision = await self.store.swap(record, held.revision)
+        if revision is None:
+            if (record.stream, record.seq) != (held.record.stream, held.record.seq):
+                await self.store.delete(record.stream, record.seq)  # the copy published for the next run
             return False
-        await self._release(task_id, record)
+        if record.task.status in WAITING:
+            self._remember(record, revision)
+        if held.message is not None:
+            await held.message.ack()  # a lost ack only brings the message back, and a settled task is dropped
+        else:
+            await self.store.delete(held.record.stream, held.record.seq)
         return True
 
-    async def _release(self, task_id: str, record: Record) -> None:
-        """Ack the leased message (WorkQueue retention deletes it); delete it if another process delivered it."""
-        message = self._held.pop(task_id, None)
-        if message is not None:
-            await message.ack_sync()
-        else:
-            await self.store.delete(record.stream, record.seq)
-
     async def retry(self, task_id: str, *, owner: str, at: float, spent_attempt: bool, error: str, now: float) -> bool:
-        found = await self._held_record(task_id, owner)
-        if found is None:
+        held = await self._holding(task_id, owner)
+        if held is None:
             return False
-        record, revision = found
-        task = record.task
+        task = held.record.task
         started_at = task.started_at if task.started_at is not None else now
         again = replace(
             task,
@@ -337,19 +387,12 @@ class JetStreamTaskQueue:
             lease_owner=None,
             lease_until=None,
         )
-        message = self._held.get(task_id)
-        payload = message.data if message is not None else await self.store.payload(record.stream, record.seq)
-        generation = record.generation + 1
+        generation = held.record.generation + 1
         naming = self.store.naming
         subject = (naming.delay_subject if at > now else naming.work_subject)(task.function, task.priority)
-        stream, seq = await self.store.publish(
-            subject, payload, message_headers(again, msg_id=f"{task_id}.{generation}")
-        )
-        if not await self.store.swap(Record(again, stream=stream, seq=seq, generation=generation), revision):
-            await self.store.delete(stream, seq)
-            return False
-        await self._release(task_id, record)
-        return True
+        headers = message_headers(again, msg_id=f"{task_id}.{generation}")
+        stream, seq = await self.store.publish(subject, await self._payload(held), headers)
+        return await self._replace(held, Record(again, stream=stream, seq=seq, generation=generation))
 
     # administration
 
@@ -371,7 +414,7 @@ class JetStreamTaskQueue:
                 state = task.status.value
                 raise Conflict("invocation", task_id, f"is {state}: only queued or delayed tasks can be cancelled")
             cancelled = replace(task, status=TaskStatus.CANCELLED, finished_at=now)
-            if await self.store.swap(replace(record, task=cancelled, stream=None, seq=None), revision):
+            if await self.store.swap(replace(record, task=cancelled, stream=None, seq=None), revision) is not None:
                 await self.store.delete(record.stream, record.seq)
                 return cancelled
 
@@ -447,13 +490,16 @@ class JetStreamTaskQueue:
         stream, seq = await self.store.publish(
             subject, payload, message_headers(queued, msg_id=f"{task_id}.{generation}")
         )
-        if not await self.store.swap(Record(queued, stream=stream, seq=seq, generation=generation), revision):
+        if await self.store.swap(Record(queued, stream=stream, seq=seq, generation=generation), revision) is None:
             await self.store.delete(stream, seq)
             raise Conflict("invocation", task_id, "changed while being redriven; try again")
         await self.store.delete(record.stream, record.seq)
         return replace(queued, payload=payload)
 
 
-def _queue_key(message: Msg) -> QueueKey:
-    headers = message.headers or {}
-    return QueueKey(headers["Nest-Function"], int(headers["Nest-Priority"]))
+@dataclass(frozen=True, slots=True)
+class _Held:
+    record: Record
+    revision: int
+    message: Msg | None
+    """None when the lease was taken in another process (or before a restart): the message is deleted instead."""

@@ -152,13 +152,13 @@ class JetStreamStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
 
-    async def swap(self, record: Record, revision: int) -> bool:
-        """Replace the record if it is still at `revision` (compare-and-set); False if someone changed it."""
+    async def swap(self, record: Record, revision: int) -> int | None:
+        """Replace the record if it is still at `revision` (compare-and-set): its new revision, or None if someone
+        changed it meanwhile."""
         try:
-            await self.bucket("tasks").update(record.task.id, record.encode(), last=revision)
+            return await self.bucket("tasks").update(record.task.id, record.encode(), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        return True
+            return None
 
     async def forget(self, task_id: str) -> None:
         await self.bucket("tasks").purge(task_id)

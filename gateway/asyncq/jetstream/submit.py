@@ -20,11 +20,16 @@ from gateway.asyncq.tasks import Submitted, Task, TaskStatus
 from nest.contracts.errors import Conflict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.asyncq.jetstream.store import JetStreamStore
     from gateway.asyncq.tasks import NewTask
 
 
-async def submit(store: JetStreamStore, new: NewTask) -> Submitted:
+async def submit(
+    store: JetStreamStore, new: NewTask, *, remember: Callable[[Record, int | None], None] | None = None
+) -> Submitted:
+    """Store the task; `remember` is told the record written and its revision (None if one existed already)."""
     task_id, msg_id = uuid.uuid4().hex, None
     if new.idempotency_key is not None:
         claim = idempotency_record_key(new.function, new.idempotency_key)
@@ -57,7 +62,10 @@ async def submit(store: JetStreamStore, new: NewTask) -> Submitted:
     )
     headers = message_headers(task, msg_id=msg_id or f"{task_id}.0")
     stream, seq = await store.publish(subject, new.payload, headers)
-    await store.create(Record(replace(task, payload=b""), stream=stream, seq=seq))
+    record = Record(replace(task, payload=b""), stream=stream, seq=seq)
+    revision = await store.create(record)
+    if remember is not None:
+        remember(record, revision)
     return Submitted(task, created=True)
 
 
