@@ -18,8 +18,6 @@ Streams hold the work, a KV bucket holds the truth about each task (see `records
 - **Max deliver** backs the retry policy: ordinary retries are new publishes, so a message's delivery count only
   grows when its dispatcher vanished; a task that took down `max_deliver` dispatchers is dead-lettered.
 - **Dead letters** keep their payload in the `P_DLQ` stream (subject per function) until redriven or purged.
-
-`list_tasks`, `cancel_waiting` and `purge_dead` scan the task bucket: administrative calls, not the hot path.
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from nats.js import api
-
 from gateway.asyncq.fairness import QueueKey
+from gateway.asyncq.jetstream import admin
 from gateway.asyncq.jetstream.records import (
     DEAD,
     TASK_ID,
@@ -44,7 +41,6 @@ from gateway.asyncq.jetstream.records import (
 from gateway.asyncq.jetstream.store import JetStreamStore
 from gateway.asyncq.jetstream.submit import submit
 from gateway.asyncq.tasks import FINAL, RESULT_MAX_BYTES, WAITING, TaskStatus
-from nest.contracts.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -94,16 +90,10 @@ class JetStreamTaskQueue:
 
     async def open(self) -> None:
         await self.store.open()
-        naming = self.store.naming
-        for shard in range(naming.shards):
-            config = api.ConsumerConfig(
-                durable_name=DELAY_CONSUMER,
-                filter_subject=naming.delay_filter(shard),
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=30.0,
-                max_ack_pending=-1,
+        for shard in range(self.store.naming.shards):
+            await self.store.ensure_consumer(
+                shard, DELAY_CONSUMER, self.store.naming.delay_filter(shard), ack_wait_s=30
             )
-            await self.store.ensure_consumer(naming.stream(shard), config)
 
     async def close(self) -> None:
         self._held.clear()
@@ -185,15 +175,10 @@ class JetStreamTaskQueue:
         consumer = work_consumer(key.function, key.priority)
         await self._promote(shard, now)
         if self._ack_waits.get(key) != lease_s:
-            config = api.ConsumerConfig(
-                durable_name=consumer,
-                filter_subject=naming.work_subject(key.function, key.priority),
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=lease_s,
-                max_deliver=self._max_deliver,
-                max_ack_pending=-1,
+            subject = naming.work_subject(key.function, key.priority)
+            await self.store.ensure_consumer(
+                shard, consumer, subject, ack_wait_s=lease_s, max_deliver=self._max_deliver
             )
-            await self.store.ensure_consumer(stream, config)
             self._ack_waits[key] = lease_s
         messages = await self.store.pull(stream, consumer, limit)
         taken = await asyncio.gather(
@@ -394,40 +379,16 @@ class JetStreamTaskQueue:
         stream, seq = await self.store.publish(subject, await self._payload(held), headers)
         return await self._replace(held, Record(again, stream=stream, seq=seq, generation=generation))
 
-    # administration
+    # administration (`admin`)
 
     async def get(self, task_id: str) -> Task | None:
-        found = await self.store.record(task_id)
-        if found is None:
-            return None
-        record = found[0]
-        return replace(record.task, payload=await self.store.payload(record.stream, record.seq))
+        return await admin.get(self.store, task_id)
 
     async def cancel(self, task_id: str, *, now: float) -> Task:
-        while True:
-            found = await self.store.record(task_id)
-            if found is None:
-                raise NotFound("invocation", task_id)
-            record, revision = found
-            task = record.task
-            if task.status not in WAITING:
-                state = task.status.value
-                raise Conflict("invocation", task_id, f"is {state}: only queued or delayed tasks can be cancelled")
-            cancelled = replace(task, status=TaskStatus.CANCELLED, finished_at=now)
-            if await self.store.swap(replace(record, task=cancelled, stream=None, seq=None), revision) is not None:
-                await self.store.delete(record.stream, record.seq)
-                return cancelled
+        return await admin.cancel(self.store, task_id, now=now)
 
     async def list_tasks(self, *, function: str | None, status: TaskStatus | None, limit: int) -> list[Task]:
-        """Newest first (by submission time)."""
-        found = [
-            record.task
-            async for record in self.store.records()
-            if (function is None or record.task.function == function)
-            and (status is None or record.task.status is status)
-        ]
-        found.sort(key=lambda task: (task.enqueued_at, task.id), reverse=True)
-        return found[:limit]
+        return await admin.list_tasks(self.store, function=function, status=status, limit=limit)
 
     async def set_paused(self, function: str, paused: bool) -> None:
         await self.store.set_paused(function, paused)
@@ -437,64 +398,13 @@ class JetStreamTaskQueue:
         return functions
 
     async def cancel_waiting(self, function: str, *, now: float) -> int:
-        waiting = [
-            record.task.id
-            async for record in self.store.records()
-            if record.task.function == function and record.task.status in WAITING
-        ]
-        cancelled = 0
-        for task_id in waiting:
-            try:
-                await self.cancel(task_id, now=now)
-            except (Conflict, NotFound):
-                continue  # started or ended meanwhile
-            cancelled += 1
-        return cancelled
+        return await admin.cancel_waiting(self.store, function, now=now)
 
     async def purge_dead(self, function: str | None) -> int:
-        """Delete dead-lettered and expired tasks (of one function, or all), payloads included; how many."""
-        dead = [
-            record
-            async for record in self.store.records()
-            if record.task.status in (TaskStatus.DEAD_LETTERED, TaskStatus.EXPIRED)
-            and (function is None or record.task.function == function)
-        ]
-        for record in dead:
-            await self.store.forget(record.task.id)
-            await self.store.delete(record.stream, record.seq)
-        return len(dead)
+        return await admin.purge_dead(self.store, function)
 
     async def redrive(self, task_id: str, *, now: float) -> Task:
-        found = await self.store.record(task_id)
-        if found is None:
-            raise NotFound("invocation", task_id)
-        record, revision = found
-        task = record.task
-        if task.status not in DEAD:
-            state = task.status.value
-            raise Conflict("invocation", task_id, f"is {state}: only dead-lettered or expired tasks are redriven")
-        payload = await self.store.payload(record.stream, record.seq)
-        queued = replace(
-            task,
-            status=TaskStatus.QUEUED,
-            not_before=now,
-            attempts=0,
-            throttles=0,
-            finished_at=None,
-            result=None,
-            result_status=None,
-            result_truncated=False,
-        )
-        generation = record.generation + 1
-        subject = self.store.naming.work_subject(task.function, task.priority)
-        stream, seq = await self.store.publish(
-            subject, payload, message_headers(queued, msg_id=f"{task_id}.{generation}")
-        )
-        if await self.store.swap(Record(queued, stream=stream, seq=seq, generation=generation), revision) is None:
-            await self.store.delete(stream, seq)
-            raise Conflict("invocation", task_id, "changed while being redriven; try again")
-        await self.store.delete(record.stream, record.seq)
-        return replace(queued, payload=payload)
+        return await admin.redrive(self.store, task_id, now=now)
 
 
 @dataclass(frozen=True, slots=True)

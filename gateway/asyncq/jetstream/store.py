@@ -209,11 +209,19 @@ class JetStreamStore:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.js.delete_msg(stream, seq)
 
-    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
-        try:
-            await self.js.add_consumer(stream, config)
-        except nats.js.errors.BadRequestError:
-            await self.js.add_consumer(stream, config)  # 2.9 updates editable fields (ack_wait) of a durable
+    async def ensure_consumer(
+        self, shard: int, name: str, subject: str, *, ack_wait_s: float, max_deliver: int = -1
+    ) -> None:
+        """A durable pull consumer with explicit acks; an existing one takes the new `ack_wait` / `max_deliver`."""
+        config = api.ConsumerConfig(
+            durable_name=name,
+            filter_subject=subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            max_ack_pending=-1,
+        )
+        await self.js.add_consumer(self.naming.stream(shard), config)
 
     async def pull(self, stream: str, consumer: str, batch: int) -> list[Msg]:
         """Up to `batch` messages the consumer can deliver now; never waits for new ones."""
