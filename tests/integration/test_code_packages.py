@@ -4,8 +4,10 @@ the node cache on later ones, deduplicated chunks on a redeploy, refusals and ra
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
+import tarfile
 from typing import TYPE_CHECKING
 
 import pytest
@@ -161,3 +163,23 @@ def test_another_node_fetches_a_package_over_http(platform: Platform, tmp_path: 
         done = ensure_package(tmp_path / "node-cache" / digest, digest, source)
     assert not done.cached
     assert (done.code_dir / "lib" / "helper.py").read_text() == "VALUE = 'remote'\n"
+
+
+def test_a_gzip_tar_from_an_older_client_is_still_deployed(platform: Platform) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in (
+            ("nest.yaml", b"name: pkg-legacy\n"),
+            ("main.py", b'def handle(request):\n    return {"value": 7}\n'),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with platform.http() as http:
+        deployed = http.put("/api/v1/functions/pkg-legacy", content=buffer.getvalue())
+        assert deployed.status_code == 201, deployed.text
+        assert "package" not in deployed.json()
+        answer = http.post("/function/pkg-legacy")
+    assert answer.status_code == 200
+    assert answer.json() == {"value": 7}
+    assert "fetch" not in answer.headers["server-timing"]
