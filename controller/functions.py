@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from controller.fleet import Fleet
     from controller.ports import RoutePublisher
     from controller.store.sqlite import SqliteStore
+
+
+logger = logging.getLogger("nest.functions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +140,23 @@ class FunctionService:
 
     async def deploy(self, name: str, archive: bytes) -> dict[str, Any]:
         validate_name(name)
-        summary: dict[str, Any] = {}
         if archive.startswith(BUNDLE_MAGIC):
             stored = await asyncio.to_thread(self.chunks.intake, archive)
-            package: StoredPackage | Package = stored
-            summary = {"package": stored.summary()}
-        else:  # a gzip tar from an older `nest deploy`: unpacked here, once
-            package = await asyncio.to_thread(
-                unpack_package,
-                archive,
-                target_root=self._config.code_root,
-                max_unpacked_bytes=self._config.max_unpacked_bytes,
-            )
+            try:
+                return await self._record(name, stored, {"package": stored.summary()})
+            finally:
+                self.chunks.unpin(stored.digest)
+        # a gzip tar from an older `nest deploy`: unpacked here, once
+        package = await asyncio.to_thread(
+            unpack_package,
+            archive,
+            target_root=self._config.code_root,
+            max_unpacked_bytes=self._config.max_unpacked_bytes,
+        )
+        return await self._record(name, package, {})
+
+    async def _record(self, name: str, package: StoredPackage | Package, summary: dict[str, Any]) -> dict[str, Any]:
+        """Validate the package's nest.yaml, record the version and make it live (unless it is live already)."""
         manifest = parse_manifest(package.manifest_text)
         if manifest.name != name:
             raise InvalidInput("name", f"nest.yaml names the function {manifest.name!r} but it is deployed as {name!r}")
@@ -237,6 +246,13 @@ class FunctionService:
             self._publisher.remove_route(name)
             if live is not None:
                 self._fleet.unregister(live[0])
+            keep = await self._store.code_digests()
+            try:
+                removed = await asyncio.to_thread(self.chunks.remove_unreferenced, keep)
+            except OSError as exc:  # the function is gone; what is left is only disk space
+                logger.warning("code store clean-up after deleting %s failed: %s", name, exc)
+            else:
+                logger.info("deleted %s; %d stored package files no version refers to removed", name, removed)
         return {"name": name, "deleted": True}
 
     def logs(self, name: str, *, tail: int, follow: bool) -> AsyncIterator[bytes]:

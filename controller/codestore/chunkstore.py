@@ -16,9 +16,11 @@ node fetch them (`runtime/fetch.py`). Deploy time only: nothing here runs on a c
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ from nest.contracts.chunks import (
     PackageLimits,
     PackageManifest,
     decompress,
+    load_verified_manifest,
     split_bundle,
     store_path,
 )
@@ -69,6 +72,9 @@ class ChunkStore:
     def __init__(self, root: Path, *, limits: PackageLimits | None = None) -> None:
         self._root = root
         self._limits = limits or PackageLimits()
+        self._lock = threading.Lock()
+        self._pinned: collections.Counter[str] = collections.Counter()
+        """Packages stored but not yet recorded as a version: `remove_unreferenced` must keep them."""
 
     def path_of(self, kind: str, digest: str) -> Path:
         """Where a stored object lives; `NotFound` for an unknown kind, a malformed or an absent digest."""
@@ -92,12 +98,14 @@ class ChunkStore:
             raws = list(workers.map(lambda data, size: decompress(manifest.codec, data, size), chunks, sizes))
         nest_yaml = _verify_files(manifest, memoryview(b"".join(raws)))
         new_chunks = new_bytes = 0
-        for ref, chunk in zip(manifest.chunks, chunks, strict=True):
-            if self._put(self._root / store_path("chunks", ref.digest), chunk):
-                new_chunks += 1
-                new_bytes += len(chunk)
         digest = manifest.digest
-        self._put(self._root / store_path("manifests", digest), manifest.to_bytes())
+        with self._lock:
+            for ref, chunk in zip(manifest.chunks, chunks, strict=True):
+                if self._put(self._root / store_path("chunks", ref.digest), chunk):
+                    new_chunks += 1
+                    new_bytes += len(chunk)
+            self._put(self._root / store_path("manifests", digest), manifest.to_bytes())
+            self._pinned[digest] += 1
         return StoredPackage(
             digest=digest,
             manifest_text=nest_yaml,
@@ -125,22 +133,30 @@ class ChunkStore:
                 os.unlink(temporary)
         return True
 
-    def remove_unreferenced(self, keep: set[str]) -> int:
-        """Delete manifests no version refers to and chunks no kept manifest lists; returns how many files went."""
-        from nest.contracts.chunks import parse_manifest
+    def unpin(self, digest: str) -> None:
+        """The package `intake` returned is recorded as a version now (or its deploy failed): GC may judge it."""
+        with self._lock:
+            self._pinned[digest] -= 1
+            if self._pinned[digest] <= 0:
+                del self._pinned[digest]
 
-        live: set[str] = set()
+    def remove_unreferenced(self, keep: set[str]) -> int:
+        """Delete manifests neither in `keep` nor pinned, and chunks no kept manifest lists; returns how many
+        files went. Instances are unaffected: they run from their node's cache."""
         removed = 0
-        for path in sorted((self._root / "manifests").glob("??/*")):
-            if path.name in keep:
-                live.update(chunk.digest for chunk in parse_manifest(path.read_bytes()).chunks)
-            else:
-                path.unlink()
-                removed += 1
-        for path in sorted((self._root / "objects").glob("??/*")):
-            if path.name not in live:
-                path.unlink()
-                removed += 1
+        with self._lock:
+            keep = keep | set(self._pinned)
+            live: set[str] = set()
+            for path in sorted((self._root / STORE_FOLDERS["manifests"]).glob("??/*")):
+                if path.name in keep:
+                    live.update(chunk.digest for chunk in load_verified_manifest(path.read_bytes()).chunks)
+                else:
+                    path.unlink()
+                    removed += 1
+            for path in sorted((self._root / STORE_FOLDERS["chunks"]).glob("??/*")):
+                if path.name not in live:
+                    path.unlink()
+                    removed += 1
         return removed
 
 

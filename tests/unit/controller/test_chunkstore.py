@@ -132,6 +132,9 @@ def test_unreferenced_manifests_and_chunks_are_removed(tmp_path: Path) -> None:
     (directory / "main.py").write_text("def handle(request):\n    return 2\n")
     built: BuiltPackage = build_chunked(directory, codec=Codec.ZSTD)
     second = store.intake(built.bundle())
+    assert store.remove_unreferenced(set()) == 0, "stored but not yet recorded: pinned"
+    store.unpin(first.digest)
+    store.unpin(second.digest)
     assert store.remove_unreferenced({second.digest}) == 2  # the first manifest and its one chunk
     assert not store.has_manifest(first.digest)
     assert store.path_of("chunks", built.manifest.chunks[0].digest).is_file()
