@@ -16,7 +16,8 @@ Streams hold the work, a KV bucket holds the truth about each task (see `records
   naks the others with the delay left (JetStream's nak-with-delay is the timer). Keeping future work off the work
   subjects makes the work consumers' pending counts the due backlog, which is what `ready` reports.
 - **Max deliver** backs the retry policy: ordinary retries are new publishes, so a message's delivery count only
-  grows when its dispatcher vanished; a task that took down `max_deliver` dispatchers is dead-lettered.
+  grows when its dispatcher vanished; a task delivered `max_deliver` times without an outcome (it took down
+  `max_deliver - 1` dispatchers) is dead-lettered instead of run again.
 - **Dead letters** keep their payload in the `P_DLQ` stream (subject per function) until redriven or purged.
 """
 
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 DELAY_CONSUMER = "delay"
 PROMOTE_BATCH = 256
-RECENT_MAX = 20_000
+RECENT_MAX = 5_000
 LOST_LEASE = "lease expired: the dispatcher running it stopped"
 
 
@@ -77,6 +78,7 @@ class JetStreamTaskQueue:
         self._ack_waits: dict[QueueKey, float] = {}
         self._recent: OrderedDict[str, tuple[Record, int]] = OrderedDict()
         """Records (and revisions) of waiting tasks this process wrote lately, oldest first."""
+        self._shards = range(self.store.naming.shards)
         self._promoted: dict[int, float] = {}
         """The `now` each shard's delayed tasks were last moved at: a dispatch round's `lease` calls share their
         `ready` call's `now`, and need not move them again."""
@@ -115,22 +117,37 @@ class JetStreamTaskQueue:
         its lease: it is another dispatcher's running task or one whose dispatcher died (due again after
         `ack_wait`); leasing it then finds nothing or takes it over.
         """
-        naming = self.store.naming
-        paused, _ = await self.store.paused()
+        async with asyncio.TaskGroup() as group:  # one round trip's wait for all of them
+            paused_task = group.create_task(self.store.paused())
+            shard_tasks = [group.create_task(self._shard_counts(shard, now)) for shard in self._shards]
+        paused, _ = paused_task.result()
         held: dict[QueueKey, int] = {}
         for holding in self._held.values():
             key = QueueKey(holding.record.task.function, holding.record.task.priority)
             held[key] = held.get(key, 0) + 1
         ready: dict[QueueKey, int] = {}
-        for shard in range(naming.shards):
-            await self._promote(shard, now)
-            for subject, messages in (await self.store.counts(naming.stream(shard), naming.work_filter(shard))).items():
-                _, _, _, _, function, priority = subject.split(".")
-                key = QueueKey(function, int(priority))
+        for shard_task in shard_tasks:
+            for key, messages in shard_task.result().items():
                 count = messages - held.get(key, 0)
-                if function not in paused and count > 0:
+                if key.function not in paused and count > 0:
                     ready[key] = count
         return ready
+
+    async def _shard_counts(self, shard: int, now: float) -> dict[QueueKey, int]:
+        """Messages per work subject of the shard, after moving its due delayed tasks (if it has any) there."""
+        naming = self.store.naming
+        counts = await self.store.counts(naming.stream(shard), naming.shard_filter(shard))
+        if any(subject.split(".")[3] == "d" for subject in counts):
+            await self._promote(shard, now)
+            counts = await self.store.counts(naming.stream(shard), naming.work_filter(shard))
+        else:
+            self._promoted[shard] = now  # nothing delayed: this round's leases need not look
+        work: dict[QueueKey, int] = {}
+        for subject, messages in counts.items():
+            _, _, _, kind, function, priority = subject.split(".")
+            if kind == "w":
+                work[QueueKey(function, int(priority))] = messages
+        return work
 
     async def _promote(self, shard: int, now: float) -> None:
         if self._promoted.get(shard) == now:

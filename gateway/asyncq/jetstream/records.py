@@ -66,6 +66,9 @@ class Naming:
     def delay_subject(self, function: str, priority: int) -> str:
         return f"{self.prefix}.q.{self.shard(function)}.d.{function}.{priority}"
 
+    def shard_filter(self, shard: int) -> str:
+        return f"{self.prefix}.q.{shard}.*.*.*"
+
     def work_filter(self, shard: int) -> str:
         return f"{self.prefix}.q.{shard}.w.*.*"
 
