@@ -39,8 +39,11 @@ logger = logging.getLogger("nest.asyncq")
 
 LEASE_MARGIN_S = 30.0
 READY_REFRESH_S = 0.1
-READY_REFRESH_ROUNDS = 32
+READY_REFRESH_ROUNDS = 1000
 """A known backlog stands in for counting it again for at most this long and this many rounds (see `_ready`)."""
+READY_DEEP = 1000
+READY_REFRESH_DEEP_S = 1.0
+"""A backlog of `READY_DEEP` tasks or more is counted again only this often: counting 100,000 takes ~30 ms."""
 DISPATCH_RATE = aimd.AimdConfig(initial_rate=2000.0, increase=200.0)
 """AIMD's default for dispatch: the function's `async.concurrency` is what bounds a healthy function, so the
 rate starts high (a no-op function drains thousands a second) and is there to back off from throttling and to
@@ -170,8 +173,10 @@ class Dispatcher:
     async def _ready(self, now: float) -> dict[QueueKey, int]:
         """Due tasks per queue. Counting them scans the backlog, so while the last count (less what was leased
         since) is fresh and deep enough to fill every free slot, it stands in for a new one; a shallow or stale one
-        is counted again, so new queues, pauses and delayed tasks coming due show within `READY_REFRESH_S`."""
-        fresh = now - self._known_at < READY_REFRESH_S and self._known_rounds < READY_REFRESH_ROUNDS
+        is counted again, so new queues, pauses and delayed tasks coming due show within `READY_REFRESH_S` (one
+        second behind a deep backlog)."""
+        stale_after = READY_REFRESH_DEEP_S if sum(self._known.values()) >= READY_DEEP else READY_REFRESH_S
+        fresh = now - self._known_at < stale_after and self._known_rounds < READY_REFRESH_ROUNDS
         if fresh and self._known and self._fills(self._known):
             self._known_rounds += 1
             return dict(self._known)

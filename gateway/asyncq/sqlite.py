@@ -77,6 +77,13 @@ COLUMNS = (
     " running_s, result, result_status, result_truncated, error"
 )
 DUE = "(status IN ('queued', 'delayed') AND not_before <= :now) OR (status = 'running' AND lease_until < :now)"
+DUE_PARTS = (
+    "status = 'queued' AND not_before <= :now",
+    "status = 'delayed' AND not_before <= :now",
+    "status = 'running' AND lease_until < :now",
+)
+"""`DUE` as three conditions that each walk `tasks_due` in order: with `OR` SQLite collects and sorts the whole
+backlog for every lease (18 ms at 76,000 queued); one at a time, with a LIMIT, it reads only what it takes."""
 
 
 @dataclass
@@ -254,10 +261,14 @@ class SqliteTaskQueue:
             " ELSE error END,"
             " status = 'running', lease_owner = :owner, lease_until = :until, started_at = :now,"
             " first_started_at = coalesce(first_started_at, :now)"
-            " WHERE seq IN (SELECT seq FROM tasks WHERE function = :function AND priority = :priority"
-            f" AND ({DUE}) ORDER BY not_before, seq LIMIT :limit)"
+            " WHERE seq IN (SELECT value FROM json_each(:seqs))"
             f" RETURNING {COLUMNS}"
         )
+        picks = [
+            f"SELECT not_before, seq FROM tasks WHERE {part} AND function = :function AND priority = :priority"
+            " ORDER BY not_before, seq LIMIT :limit"
+            for part in DUE_PARTS
+        ]
         arguments = {
             "owner": owner,
             "until": now + lease_s,
@@ -268,7 +279,10 @@ class SqliteTaskQueue:
         }
 
         def work(db: sqlite3.Connection) -> list[Task]:
-            rows = db.execute(query, arguments).fetchall()
+            due = sorted(row for pick in picks for row in db.execute(pick, arguments).fetchall())[:limit]
+            if not due:
+                return []
+            rows = db.execute(query, {**arguments, "seqs": json.dumps([seq for _, seq in due])}).fetchall()
             return sorted((_task(row) for row in rows), key=lambda task: (task.not_before, task.enqueued_at))
 
         return await self._write(work)
