@@ -64,10 +64,6 @@ class LocalBackendConfig:
     """Base URL of the code store (`http://host:port/api/v1/code`) that instances fetch packages from."""
     code_cache: Path | None = None
     """The node's unpacked-package cache; default `<run_dir>/../cache`."""
-    code_url: str = ""
-    """Base URL of the code store (`http://host:port/api/v1/code`) that instances fetch packages from."""
-    code_cache: Path | None = None
-    """The node's unpacked-package cache; default `<run_dir>/../cache`."""
     use_cgroups: bool = True
     warm_pool: bool = True
     """Fork instances from a pre-imported zygote (milliseconds) unless a function says `pool: none`."""
@@ -186,15 +182,6 @@ class LocalBackend:
             if path.stat().st_size > LOG_ROTATE_BYTES:
                 path.replace(path.with_suffix(".log.1"))
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-
-    def _code_arguments(self, spec: InstanceSpec) -> list[str]:
-        """Where the code is: a chunked package lands in the node cache, `<cache>/<xx>/<digest>` (`runtime/fetch.py`
-        fetches and unpacks it there on the first start of the version on this node, later starts find it)."""
-        if not spec.package:
-            return ["--code-dir", str(spec.code_dir)]
-        cache = self._config.code_cache or self._config.run_dir.parent / "cache"
-        code_dir = cache / spec.package[:2] / spec.package
-        return ["--code-dir", str(code_dir), "--package", spec.package, "--code-url", self._config.code_url]
 
     def _code_arguments(self, spec: InstanceSpec) -> list[str]:
         """Where the code is: a chunked package lands in the node cache, `<cache>/<xx>/<digest>` (`runtime/fetch.py`
