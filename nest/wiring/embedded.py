@@ -165,7 +165,8 @@ def start_phases_histogram(registry: CollectorRegistry) -> Callable[[tuple[tuple
     """`nest_instance_start_seconds{phase}`, fed with each started instance's phases (milliseconds)."""
     start_seconds = Histogram(
         "nest_instance_start_seconds",
-        "Instance start, by phase (spawn: to a running process; init: the runtime's start-up)",
+        "Instance start, by phase (spawn/fork/boot/claim: to a running process; fetch/unpack: the code package,"
+        " first start of a version on a node; init: the runtime's start-up)",
         ["phase"],
         buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
         registry=registry,
