@@ -96,7 +96,7 @@ def _materialise(config: RuntimeConfig) -> dict[str, float]:
             phases = {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
         if is_archive(config.code_dir):
             install_archive(config.code_dir)
-    except (FetchError, InvalidInput, OSError) as exc:
+    except (FetchError, InvalidInput, OSError, RuntimeError) as exc:  # RuntimeError: no thread under the rlimit
         raise LoadError("PackageError", f"code package {config.package[:12]}: {exc}", "") from None
     return phases
 
