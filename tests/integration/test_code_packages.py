@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nest.cli.packaging import build_chunked
-from nest.contracts.chunks import Codec, FileEntry, compress, pack_bundle
+from nest.contracts.chunks import Codec, FileEntry, compress, pack_bundle, store_path
 from runtime.fetch import open_source
 from runtime.unpack import ensure_package
 
@@ -183,3 +183,21 @@ def test_a_gzip_tar_from_an_older_client_is_still_deployed(platform: Platform) -
     assert answer.status_code == 200
     assert answer.json() == {"value": 7}
     assert "fetch" not in answer.headers["server-timing"]
+
+
+def test_a_corrupted_stored_chunk_is_never_imported(platform: Platform) -> None:
+    with_lib(platform, "pkg-corrupt")
+    directory = platform.write_function("pkg-corrupt", CODE, files={"lib/helper.py": "VALUE = 'intact'\n"})
+    built = build_chunked(directory, codec=Codec.ZSTD)
+    platform.cli("deploy", str(directory))
+    stored = platform.data_dir / "chunks" / store_path("chunks", built.manifest.chunks[0].digest)
+    stored.chmod(0o644)
+    stored.write_bytes(bytes(len(built.chunks[0])))
+    with platform.http() as http:
+        response = http.post("/function/pkg-corrupt")
+    assert response.status_code == 502
+    assert response.json()["error"] == "init_failed"
+    failure = platform.describe("pkg-corrupt")["last_init_error"]
+    assert isinstance(failure, dict)
+    assert failure["error_type"] == "PackageError"
+    assert "sha256 did not match" in failure["detail"]
