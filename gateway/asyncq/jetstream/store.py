@@ -14,7 +14,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import nats
-import nats.errors
 import nats.js.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -188,11 +187,17 @@ class JetStreamStore:
     # messages
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> tuple[str, int]:
-        """Durably store a message (returns once the stream has it); (stream, sequence)."""
-        try:
-            ack = await self.js.publish(subject, payload, headers=headers)
-        except nats.errors.MaxPayloadError:
-            raise PayloadTooLarge("async request body", self.nc.max_payload - 4096) from None
+        """Durably store a message (returns once the stream has it); (stream, sequence).
+
+        The server's `max_payload` (1 MiB by default) bounds headers and body together, and a message over it
+        costs the connection, so an oversized body is refused here (`PayloadTooLarge`, a 413) instead.
+        """
+        header_bytes = len("NATS/1.0\r\n\r\n") + sum(
+            len(name.encode()) + len(value.encode()) + 4 for name, value in headers.items()
+        )
+        if len(payload) + header_bytes > self.nc.max_payload:
+            raise PayloadTooLarge("async request body", self.nc.max_payload - header_bytes)
+        ack = await self.js.publish(subject, payload, headers=headers)
         return ack.stream, ack.seq
 
     async def payload(self, stream: str | None, seq: int | None) -> bytes:

@@ -19,6 +19,7 @@ from gateway.asyncq.fairness import QueueKey
 from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
 from gateway.asyncq.jetstream.records import message_headers
 from gateway.asyncq.tasks import Outcome, Task, TaskStatus
+from nest.contracts.errors import PayloadTooLarge
 from tests.unit.gateway.asyncq.test_queue_contract import (
     DUE_WITHIN_S,
     NATS_URL,
@@ -182,3 +183,16 @@ async def test_a_task_that_keeps_killing_its_dispatchers_is_dead_lettered_at_max
         assert await queue.backlog("hello") == 0
     finally:
         await queue.close()
+
+
+async def test_a_body_over_the_servers_max_payload_is_refused_and_the_connection_kept(
+    gateways: tuple[JetStreamTaskQueue, JetStreamTaskQueue],
+) -> None:
+    queue, _ = gateways
+    limit = queue.store.nc.max_payload
+    with pytest.raises(PayloadTooLarge, match="async request body: larger than the limit"):
+        await queue.submit(new_task(b"x" * limit, at=time.time()))
+    fits = await queue.submit(new_task(b"x" * (limit - 2048), at=time.time()))
+    stored = await queue.get(fits.task.id)
+    assert stored is not None
+    assert len(stored.payload) == limit - 2048
