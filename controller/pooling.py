@@ -278,8 +278,14 @@ class WarmPools:
     async def _prepare(self, name: str, pool: _Pool) -> None:
         try:
             instance = await pool.zygote.prepare(platform_pid=self._platform_pid)
-            if self._confine is not None:
-                instance.cgroup = await self._confine(instance.process.pid)
+            try:
+                if self._confine is not None:
+                    instance.cgroup = await self._confine(instance.process.pid)
+            except BaseException:
+                _kill(instance.process.pid)
+                instance.claims.close()
+                instance.transport.close()
+                raise
         except (OSError, RuntimeError) as exc:
             logger.warning("warm pool %r could not fork an idle instance: %s", name, exc)
             return

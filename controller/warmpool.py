@@ -207,12 +207,20 @@ class ZygotePool:
         finally:
             os.close(write_end)
             theirs.close()
-        reader, transport = await open_status_pipe(read_end)
+        try:
+            reader, transport = await open_status_pipe(read_end)
+        except BaseException:
+            ours.close()
+            raise
         try:
             async with asyncio.timeout(ZYGOTE_START_TIMEOUT_S):
                 line = json.loads(await reader.readline() or b"{}")
         except (TimeoutError, ValueError):
             line = {}
+        except BaseException:  # cancelled (shutdown): the child exits once its claim socket closes
+            transport.close()
+            ours.close()
+            raise
         if line.get("event") != "forked":
             transport.close()
             ours.close()
