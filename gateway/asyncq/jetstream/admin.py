@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from gateway.asyncq.jetstream.records import DEAD, Record, message_headers
+from gateway.asyncq.jetstream.records import DEAD, Record, idempotency_record_key, message_headers
 from gateway.asyncq.tasks import WAITING, Task, TaskStatus
 from nest.contracts.errors import Conflict, NotFound
 
@@ -80,6 +80,8 @@ async def purge_dead(store: JetStreamStore, function: str | None) -> int:
     for record in dead:
         await store.forget(record.task.id)
         await store.delete(record.stream, record.seq)
+        if record.task.idempotency_key is not None:  # the key is free again, as with the SQLite queue
+            await store.bucket("idem").purge(idempotency_record_key(record.task.function, record.task.idempotency_key))
     return len(dead)
 
 

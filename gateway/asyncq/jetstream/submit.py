@@ -33,8 +33,8 @@ async def submit(
     task_id, msg_id = uuid.uuid4().hex, None
     if new.idempotency_key is not None:
         claim = idempotency_record_key(new.function, new.idempotency_key)
-        msg_id = f"idem.{claim}"
         first = await _claim(store, claim, task_id=task_id, new=new)
+        msg_id = f"idem.{claim}.{first}"  # one per claim: a key purged and claimed again is a new message
         if first != task_id:
             found = await store.record(first)
             if found is not None:

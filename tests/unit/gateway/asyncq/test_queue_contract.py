@@ -370,3 +370,15 @@ async def test_purge_dead_deletes_dead_letters_only(queue: TaskStore, clock: Clo
     assert await queue.purge_dead(None) == 1
     assert await queue.get(first.id) is None
     assert await queue.get(second.id) is not None
+
+
+async def test_an_idempotency_key_of_a_purged_task_starts_a_new_one(queue: TaskStore, clock: Clock) -> None:
+    first = await queue.submit(new_task(b"a", at=clock.now(), idempotency_key="k"))
+    [task] = await queue.lease(KEY, owner="d", now=clock.now(), lease_s=30, limit=1)
+    await queue.settle(task.id, owner="d", outcome=Outcome(TaskStatus.DEAD_LETTERED, error="bad"), now=clock.now())
+    assert await queue.purge_dead("hello") == 1
+    again = await queue.submit(new_task(b"a", at=clock.now(), idempotency_key="k"))
+    assert again.created
+    assert again.task.id != first.task.id
+    [rerun] = await queue.lease(KEY, owner="d", now=clock.now(), lease_s=30, limit=1)
+    assert rerun.id == again.task.id
