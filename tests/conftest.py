@@ -7,6 +7,12 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis checks properties, not speed: on a shared 2-core machine an example can take longer than the default
+# 200 ms deadline without anything being wrong, so no deadline and no too-slow health check.
+settings.register_profile("nest", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("nest")
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
