@@ -59,15 +59,23 @@ def test_pool_and_fresh_instances_serve_alike_and_see_only_their_environment(pla
         assert seen["cwd"].endswith(os.sep + "instances" + os.sep + os.path.basename(seen["cwd"]))
 
 
-def test_instances_survive_a_zygote_crash_and_the_pool_comes_back(platform: Platform) -> None:
+def test_instances_of_a_dead_zygote_keep_serving_until_replaced_and_the_pool_comes_back(platform: Platform) -> None:
     platform.deploy("survives", PROBE, "scaling: {min: 1, max: 2}\n")
     with platform.http() as http:
         platform.wait_for(lambda: http.get("/function/survives").status_code == 200, what="survives up")
         before = http.get("/function/survives").json()["pid"]
         for pid in zygote_pids(platform):
             os.kill(pid, signal.SIGKILL)
-        assert http.get("/function/survives").status_code == 200
-        os.kill(before, 0)  # the instance forked by the dead zygote is still alive
+        statuses = []
+        for _ in range(2000):
+            response = http.get("/function/survives")
+            statuses.append(response.status_code)
+            if response.json().get("pid") != before:
+                break
+        assert set(statuses) == {200}, "the instance of the dead zygote served until its replacement was ready"
+        assert response.json()["pid"] != before, "it was replaced by an instance of the new zygote"
+        assert response.json()["preloaded"] is True
+        platform.wait_for(lambda: not _alive(before), what="the replaced instance drained and gone")
     platform.deploy("after-crash", PROBE)
     with platform.http() as http:
         after = http.get("/function/after-crash")
