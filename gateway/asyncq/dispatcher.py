@@ -30,7 +30,7 @@ from gateway.asyncq.retry import Failure, Next, RetryPolicy, is_expired, next_st
 from gateway.asyncq.tasks import Outcome, TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from gateway.asyncq.invoking import Answer
     from gateway.asyncq.tasks import Task, TaskQueue
@@ -250,7 +250,7 @@ class Dispatcher:
             self._answered(task)
             await self._settle(task, Outcome(TaskStatus.EXPIRED, error=reason))
             return
-        keeper = asyncio.create_task(self._keep_lease(task, lease_s))
+        keeper = _LeaseKeeper(self._keep_lease(task, lease_s), after_s=lease_s / 3)
         try:
             crashpoint("after_dispatch")
             answer: Answer | None = await self._invoker.invoke(task, call_id=task.id)
@@ -304,10 +304,10 @@ class Dispatcher:
 
     async def _keep_lease(self, task: Task, lease_s: float) -> None:
         while True:
-            await asyncio.sleep(lease_s / 3)
             if not await self._queue.extend(task.id, owner=self._owner, until=self._clock() + lease_s):
                 logger.warning("task %s: lease lost while running", task.id)
                 return
+            await asyncio.sleep(lease_s / 3)
 
     def _observe(self, function: str, *, succeeded: int, throttled: int) -> None:
         state = self._rates.get(function) or aimd.start(self._rate_config)
@@ -327,3 +327,23 @@ class Dispatcher:
     def rate(self, function: str) -> float:
         state = self._rates.get(function)
         return state.rate if state is not None else self._rate_config.initial_rate
+
+
+class _LeaseKeeper:
+    """Runs `keep` (extending a lease) only if the run lasts `after_s`: most runs end long before, and a timer
+    costs the event loop less than a task per run."""
+
+    def __init__(self, keep: Coroutine[None, None, None], *, after_s: float) -> None:
+        self._keep = keep
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(after_s, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._keep.close()  # never started: no "never awaited" warning

@@ -99,3 +99,31 @@ async def test_a_deep_backlog_is_not_counted_on_every_round(queue: SqliteTaskQue
     assert functions.most_running <= 2
     assert len(sink.finished_tasks) == 60
     assert slow.ready_calls < 30, f"counted the queue {slow.ready_calls} times for 60 tasks two at a time"
+
+
+async def test_a_long_run_keeps_its_lease(queue: SqliteTaskQueue) -> None:
+    call_id = await submit(queue)
+    functions = FakeFunctions({"hello": lambda n: Answer(200, [], b"ok")}, hold=asyncio.Event())
+    sink = Sink(expected=1)
+    catalog = Catalog({"hello": AsyncSettings(timeout_s=0.05, retry=FAST_RETRIES)})
+    dispatcher = Dispatcher(queue, functions, catalog, owner="test", sink=sink, idle_poll_s=0.01, lease_margin_s=0.05)
+    runner = asyncio.create_task(dispatcher.run())
+    try:
+        await functions.started.wait()
+        first = await queue.get(call_id)
+        await asyncio.sleep(0.5)  # five times the 0.1 s lease
+        later = await queue.get(call_id)
+        assert first is not None
+        assert later is not None
+        assert first.lease_until is not None
+        assert later.lease_until is not None
+        assert later.lease_until > first.lease_until, "the lease was extended while the function ran"
+        functions.hold.set()  # type: ignore[union-attr]
+        async with asyncio.timeout(10):
+            await sink.done.wait()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    done = await queue.get(call_id)
+    assert done is not None
+    assert (done.status.value, done.attempts) == ("succeeded", 1)
