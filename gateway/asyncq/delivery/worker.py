@@ -68,6 +68,7 @@ class Deliveries:
         self._outbox = outbox
         self._specs = specs
         self._wake = wake
+        self._recorded = False
 
     async def record(self, task: Task, outcome: Outcome, *, now: float) -> None:
         spec = self._specs.async_spec(task.function) or AsyncSpec()
@@ -93,9 +94,13 @@ class Deliveries:
         deliveries = deliveries_for(finished, spec)
         if deliveries:
             await self._outbox.put(deliveries, now=now)
+            self._recorded = True
 
     def wake(self) -> None:
-        self._wake()
+        """Wake the worker only when something was recorded since: most tasks owe no delivery."""
+        if self._recorded:
+            self._recorded = False
+            self._wake()
 
 
 class DeliveryWorker:
