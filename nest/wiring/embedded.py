@@ -118,6 +118,7 @@ async def run(config: EmbeddedConfig) -> None:
         ready=lambda: state["ready"],
         max_package_bytes=config.max_package_bytes,
         extra_routes=invocations.routes(),
+        async_submit=invocations.api.asgi_submit,
     )
     server = gateway_server(config, app)
     try:
