@@ -35,13 +35,22 @@ class NestClient:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise ClientError(f"cannot reach Nest at {self.base_url} (is 'nest up' running? set NEST_URL)") from None
-        except httpx.TimeoutException:
-            raise ClientError(f"Nest at {self.base_url} did not answer in time") from None
-        return response
+        attempts = 2 if method in {"GET", "HEAD"} else 1  # a read is safe to send again on a dropped connection
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._http.request(method, path, **kwargs)
+            except httpx.ConnectError:
+                raise ClientError(
+                    f"cannot reach Nest at {self.base_url} (is 'nest up' running? set NEST_URL)"
+                ) from None
+            except httpx.TimeoutException:
+                raise ClientError(f"Nest at {self.base_url} did not answer in time") from None
+            except httpx.RemoteProtocolError as exc:
+                if attempt == attempts:
+                    raise ClientError(f"Nest at {self.base_url} closed the connection: {exc}") from None
+            except httpx.TransportError as exc:
+                raise ClientError(f"talking to Nest at {self.base_url} failed: {exc}") from None
+        raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
