@@ -8,26 +8,33 @@ Demand, per metric (`autoscaler/spec.py`), over a stable window (60 s) and a pan
 
     wanted(metric) = ceil(observed / (target * utilization))      e.g. 14.5 in flight / (10 * 0.7) -> 3
 
-for time-weighted concurrency, QPS, CPU and memory (those with a target), plus two that need no window: the
-in-flight and queued requests at the end of the tick (a burst late in a tick scales at once) and, with
-`prediction`, the panic window's trend line projected over `start_latency_s` plus one tick (a steady ramp is met
-before it overloads). The largest wins and names the metric.
+for time-weighted concurrency, QPS, CPU and memory (those with a target), plus two *instant* terms that need no
+window: the in-flight and queued requests at the end of the tick against 100% of the target (requests wait only
+once every slot is taken, so a burst late in a tick scales at once) and, with `prediction`, the panic window's
+trend line projected over `start_latency_s` plus one tick. The largest wins and names the metric.
+
+What is held and what is not (measured with `tests/bench/bench_autoscaler.py`, see docs/autoscaling.md): only
+the *windowed* demand is held through `scale_down_delay_s`; the instant terms act at once and are dropped at the
+next tick when the queue is gone, so one noisy tick does not pay for a delay's worth of instances.
 
 Modes, after Knative's KPA:
 
-- **panic** when the panic window's demand reaches `panic_threshold` x the current capacity (ready instances x
-  target x utilization). In panic the count only grows. Panic ends when the condition has not held for a whole
-  stable window (Knative's rule) *or* the stable window has caught up with the panic count (better: the stable
-  window alone would keep every instance, so leaving panic gives nothing away, and the delay still applies) *or*
-  the version has been idle for `scale_to_zero_grace_s` (nothing is left to protect).
-- **stable** otherwise: scale up at once; scale down only to the highest recommendation within
+- **panic** when the panic window's demand, in instances, reaches `panic_threshold` x the capacity: the ready
+  instances, but no more than the stable window asks for (instances the instant terms added are no evidence
+  that the windows caught up). While the condition holds, the windowed demand (panic and stable window) is
+  ratcheted into `panic_held`; the count never drops below it nor below the instances found on entering.
+  Panic ends when the condition has not held for a whole stable window (Knative's rule) *or* the stable window
+  has caught up with the panic count *or* the version has been idle past its keep-alive.
+- **stable** otherwise: scale up at once; scale down only to the highest windowed recommendation within
   `scale_down_delay_s`, by at most `max_scale_down_rate` per decision.
 
-Then, in order: rate limits; the idle rule (no in-flight, queued or completed work for `scale_to_zero_grace_s`
-means zero, and before that an idle version keeps one instance); `activation_scale` whenever not at zero; `min`
-raised by the open schedules; `max`. The first decision for a version that has instances (an autoscaler restart)
-counts them as a recommendation made now and keeps them for a panic window of fresh metrics: no flapping. The
-first decision for a version with none (a deploy) starts `initial_scale`.
+Then, in order: rate limits; the idle rule (no in-flight, queued or completed work for the keep-alive means
+zero, and before that an idle version keeps one instance); `activation_scale` whenever not at zero; `min` raised
+by the open schedules; `max`. The keep-alive is `scale_to_zero_grace_s`, lengthened to twice the longest of the
+last three idle gaps when that is at most five graces (a function called every minute or two stays warm, a rare
+one is not kept for nothing). The first decision for a version that has instances (an autoscaler restart) counts
+them as a recommendation made now and keeps them for a panic window of fresh metrics: no flapping. The first
+decision for a version with none (a deploy) starts `initial_scale`, kept like any activity for the grace.
 """
 
 from __future__ import annotations
@@ -43,6 +50,16 @@ from autoscaler.spec import Demand, Metric, Want, recorded
 if TYPE_CHECKING:
     from autoscaler.windows import Window
     from nest.contracts.model import ScalingSpec
+
+
+KEEP_GAPS = 3
+"""Idle gaps remembered for the keep-alive."""
+KEEP_FACTOR = 2.0
+"""The keep-alive covers this multiple of the longest remembered gap ..."""
+KEEP_MAX_GRACES = 5.0
+"""... when that is at most this many graces; otherwise the grace alone (a rare function is not kept warm)."""
+GAP_MIN_S = 1.5
+"""Activity closer than this to the previous activity is the same busy spell, not a gap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,8 @@ class ScalerState:
     """The highest count decided during this panic."""
     restarted_at: float | None = None
     restarted_with: int = 0
+    gaps: tuple[float, ...] = ()
+    """The last `KEEP_GAPS` idle gaps (seconds between activity), for the keep-alive."""
     """Instances found by the first decision (an autoscaler restart): kept until metrics are fresh."""
 
 
@@ -106,28 +125,33 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     state, opening, opening_count = _begin(spec, state, seen, now)
     active = bool(seen.in_flight or seen.queued or seen.completed or seen.poked)
     windows = recorded(spec, state.windows, _values(seen), now=now, interval_s=seen.interval_s)
-    state = replace(state, windows=windows, last_active=now if active else state.last_active)
+    state = replace(_active(state, active=active, now=now), windows=windows)
+    keep_s = keep_alive_s(spec, state.gaps)
     tick_s = seen.interval_s if seen.interval_s > 0 else 1.0
     found = Demand.of(spec, windows, in_flight=seen.in_flight, queued=seen.queued, now=now, tick_s=tick_s)
-    stable = found.stable(spec)
-    trigger = found.panic_trigger(spec, max(1, seen.ready if seen.ready is not None else seen.current))
+    stable, windowed = found.stable(spec), found.windowed(spec)
+    ready = seen.ready if seen.ready is not None else seen.current
+    trigger = found.panic_trigger(spec, max(1, min(ready, windowed.count)))
     idle_s = now - state.last_active if state.last_active is not None else math.inf
-    idle = not active and idle_s >= spec.scale_to_zero_grace_s
-    calm = f"idle {idle_s:.0f} s ≥ scale_to_zero_grace" if idle else ""
-    mode, state, note = _mode(spec, state, trigger=trigger, stable=stable, calm=calm, now=now, current=seen.current)
+    idle = not active and idle_s >= keep_s
+    calm = f"idle {idle_s:.0f} s ≥ keep-alive {keep_s:.0f} s" if idle else ""
+    mode, state, note = _mode(spec, state, trigger=trigger, stable=windowed, calm=calm, now=now, current=seen.current)
     want = max(found.panicking(spec), stable, key=lambda item: item.count) if mode is Mode.PANIC else stable
     if seen.poked and want.count == 0:
         want = Want(1, Metric.QUEUE, "a request waits for an instance → 1")
     if mode is Mode.STABLE and idle:
-        want = Want(0, Metric.NONE, f"idle {idle_s:.0f} s")
-    desired, why, state = _delay(spec, state, want, now=now)
+        want = windowed = Want(0, Metric.NONE, f"idle {idle_s:.0f} s")
     if mode is Mode.PANIC:
-        desired = max(desired, state.panic_held, seen.current)
-        state = replace(state, panic_held=desired)
-        why = f"{note} → {desired}" if note else f"panic: holds {desired}, no scale-down while panicking"
-        why = why if want.count >= desired else f"{why} ({want.detail})"
+        windowed = max(found.panic_windowed(spec), windowed, key=lambda item: item.count)
+    desired, why, state = _delay(spec, state, windowed, now=now)
+    if mode is Mode.PANIC:
+        desired, why, state = _panic(state, desired, want, note=note, triggered=bool(trigger))
+    if want.count > desired:
+        desired, why = want.count, why if mode is Mode.PANIC else ""  # the instant terms act now, unheld
     desired, why = _rates(spec, desired, why or want.detail, current=seen.current)
-    desired, why = _idle(spec, desired, why, current=seen.current, idle_s=idle_s)
+    if opening_count and not seen.current:
+        desired = max(desired, min(opening_count, spec.max))  # a deploy's initial_scale, kept for the grace
+    desired, why = _idle(spec, desired, why, current=seen.current, idle_s=idle_s, keep_s=keep_s)
     desired, why = _restarted(spec, state, desired, why, now=now)
     desired, why = _bounds(spec, desired, why, now=now)
     if opening and desired == opening_count and want.count < opening_count:
@@ -135,6 +159,38 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     why = _worded(why, want, desired=desired, seen=seen, note=note if mode is Mode.STABLE else "")
     metric = want.metric if want.count > 0 else Metric.NONE
     return Decision(desired=desired, mode=mode, metric=metric, reason=why, state=state)
+
+
+def _panic(state: ScalerState, desired: int, want: Want, *, note: str, triggered: bool) -> tuple[int, str, ScalerState]:
+    """In panic: ratchet the windowed demand into `panic_held` while the condition holds; never go below it."""
+    if triggered:
+        state = replace(state, panic_held=max(state.panic_held, desired))
+    held = max(desired, state.panic_held)
+    shown = max(held, want.count)
+    why = f"{note} → {shown}" if note else f"panic: holds {held}, no scale-down while panicking"
+    return held, why if want.count >= held else f"{why} ({want.detail})", state
+
+
+def _active(state: ScalerState, *, active: bool, now: float) -> ScalerState:
+    """`last_active` moved to `now` on activity, remembering the idle gap it ends."""
+    if not active:
+        return state
+    gaps = state.gaps
+    if state.last_active is not None and now - state.last_active > GAP_MIN_S:
+        gaps = (*gaps, now - state.last_active)[-KEEP_GAPS:]
+    return replace(state, last_active=now, gaps=gaps)
+
+
+def keep_alive_s(spec: ScalingSpec, gaps: tuple[float, ...]) -> float:
+    """How long an idle version keeps an instance: the grace, or twice the longest recent gap if that is short.
+
+    E.g. with a 60 s grace: gaps (40, 70, 55) keep 140 s; gaps (40, 400) keep 60 s (800 s > 5 graces).
+    """
+    grace = spec.scale_to_zero_grace_s
+    if not gaps:
+        return grace
+    wanted = KEEP_FACTOR * max(gaps)
+    return max(grace, wanted) if wanted <= KEEP_MAX_GRACES * grace else grace
 
 
 def _worded(why: str, want: Want, *, desired: int, seen: Observation, note: str) -> str:
@@ -172,7 +228,7 @@ def _mode(
     spec: ScalingSpec, state: ScalerState, *, trigger: str, stable: Want, calm: str, current: int, now: float
 ) -> tuple[Mode, ScalerState, str]:
     """Enter panic on the trigger; leave after a quiet stable window, once the stable window has caught up, or
-    when the version has been idle for the grace (`calm`: nothing is left to protect)."""
+    when the version has been idle past its keep-alive (`calm`: nothing is left to protect)."""
     if trigger:
         panic_held = state.panic_held if state.panic_last is not None else current
         return Mode.PANIC, replace(state, panic_last=now, panic_held=panic_held), trigger
@@ -219,14 +275,16 @@ def _rates(spec: ScalingSpec, desired: int, why: str, *, current: int) -> tuple[
     return desired, why
 
 
-def _idle(spec: ScalingSpec, desired: int, why: str, *, current: int, idle_s: float) -> tuple[int, str]:
-    """At no demand: no instances stays none; before the grace one stays; after it, zero."""
+def _idle(spec: ScalingSpec, desired: int, why: str, *, current: int, idle_s: float, keep_s: float) -> tuple[int, str]:
+    """At no demand: no instances stays none; within the keep-alive one stays; after it, zero."""
     if desired > 0:
         return desired, why
     if current == 0:
         return 0, "idle: no traffic, no instances"
     grace = f"scale_to_zero_grace {spec.scale_to_zero_grace_s:g} s"
-    if idle_s < spec.scale_to_zero_grace_s:
+    if keep_s > spec.scale_to_zero_grace_s:
+        grace = f"keep-alive {keep_s:.0f} s (2 × the longest recent idle gap)"
+    if idle_s < keep_s:
         return 1, f"grace: idle {idle_s:.0f} s < {grace} keeps 1"
     return 0, f"zero: idle {idle_s:.0f} s ≥ {grace}" if idle_s < math.inf else f"zero: never active, {grace}"
 

@@ -5,8 +5,9 @@ target is set and the source reports them) keeps a `Window`; the demand it impli
 
     wanted = ceil(observed / (target * utilization))
 
-over the stable and the panic window. Two demands need no window: `queue`, the in-flight plus queued requests at
-the end of the tick (so a burst late in a tick scales at once), and `trend`, the panic window's least-squares
+over the stable and the panic window. Two *instant* demands need no window: `queue`, the in-flight plus queued
+requests at the end of the tick against 100% of the target (a request waits only once every slot is taken; a
+burst late in a tick scales at once), and `trend`, the panic window's least-squares
 line projected over `start_latency_s` plus one tick when it rises significantly (`prediction`; a slope within
 two standard errors of flat is noise), so a steady ramp has its instances ready when the load arrives rather
 than a start-up later.
@@ -154,22 +155,35 @@ class Demand:
         """The largest demand over the stable window, the queue and the trend."""
         return self._largest(spec, self.stable_values, spec.stable_window_s)
 
+    def windowed(self, spec: ScalingSpec) -> Want:
+        """The largest demand over the stable window alone: what a scale-down may hold on to."""
+        return self._largest(spec, self.stable_values, spec.stable_window_s, instant=False)
+
+    def panic_windowed(self, spec: ScalingSpec) -> Want:
+        """The largest demand over the panic window alone: what a panic ratchets into its held count."""
+        return self._largest(spec, self.panic_values, spec.panic_window_s, instant=False)
+
     def panicking(self, spec: ScalingSpec) -> Want:
         """The largest demand over the panic window, the queue and the trend."""
         return self._largest(spec, self.panic_values, spec.panic_window_s)
 
     def panic_trigger(self, spec: ScalingSpec, capacity: int) -> str:
-        """Why to panic ("" if not): some panic-window demand reached `panic_threshold` x the capacity."""
+        """Why to panic ("" if not): some panic-window demand, in instances, reached `panic_threshold` x `capacity`.
+
+        Counted in instances as Knative's KPA does (`desiredPanicPodCount / readyPodsCount >= threshold`).
+        """
         for metric, value in self.panic_values:
-            limit = capacity * (target_of(spec, metric) or 1.0) * spec.utilization
-            if value > 0 and value >= spec.panic_threshold * limit:
+            count = wanted(spec, metric, value)
+            if value > 0 and count >= spec.panic_threshold * capacity:
                 return (
-                    f"panic: {spec.panic_window_s:g} s {metric} {show(metric, value)}"
-                    f" ≥ {spec.panic_threshold:g} × capacity {show(metric, limit)}"
+                    f"panic: {spec.panic_window_s:g} s {metric} {show(metric, value)} / {_formula(spec, metric)}"
+                    f" → {count} ≥ {spec.panic_threshold:g} × {capacity} instance(s)"
                 )
         return ""
 
-    def _largest(self, spec: ScalingSpec, values: tuple[tuple[Metric, float], ...], window_s: float) -> Want:
+    def _largest(
+        self, spec: ScalingSpec, values: tuple[tuple[Metric, float], ...], window_s: float, *, instant: bool = True
+    ) -> Want:
         candidates = [
             Want(
                 wanted(spec, metric, value),
@@ -179,9 +193,11 @@ class Demand:
             )
             for metric, value in values
         ]
+        if not instant:
+            return max(candidates, key=lambda want: want.count, default=Want(0, Metric.NONE, "no data"))
         in_flight, queued = self.queue
-        count = wanted(spec, Metric.QUEUE, float(in_flight + queued))
-        formula = _formula(spec, Metric.QUEUE)
+        count = math.ceil((in_flight + queued) / spec.target_concurrency - 1e-9) if in_flight + queued else 0
+        formula = f"{spec.target_concurrency:g}"
         candidates.append(Want(count, Metric.QUEUE, f"{in_flight} in flight + {queued} queued / {formula} → {count}"))
         if self.trend is not None:
             metric, value, ahead_s = self.trend

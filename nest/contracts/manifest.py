@@ -170,7 +170,7 @@ class Scaling(_Strict):
         None, gt=0, le=1000, description="In-flight requests per instance at 100% utilisation (default: concurrency)."
     )
     utilization: float = Field(0.7, gt=0, le=1, description="Fraction of the target to aim at: scale ahead at 70%.")
-    scale_down_delay: Duration = Field(30.0, le=3600, description="Wait this long before removing instances.")
+    scale_down_delay: Duration = Field(0.0, le=3600, description="Wait this long before removing instances.")
     scale_to_zero_grace: Duration = Field(60.0, le=86400, description="Idle time before the last instance goes.")
     stable_window: Duration = Field(60.0, ge=1, le=3600, description="Window the stable demand is averaged over.")
     panic_window: Duration = Field(6.0, ge=1, le=3600, description="Short window that detects bursts (panic).")
@@ -189,7 +189,7 @@ class Scaling(_Strict):
     schedules: list[ScalingWindow] = Field(
         default_factory=list, max_length=16, description="Scheduled minimums: cron windows that raise min."
     )
-    prediction: bool = Field(True, description="Scale ahead of a steady ramp (short-horizon trend).")
+    prediction: bool = Field(False, description="Scale ahead of a steady ramp (short-horizon trend).")
     start_latency: Duration = Field(
         0.05, le=600, description="Expected instance start time: how far ahead the prediction looks."
     )
