@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
+from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide, keep_alive_s
 from autoscaler.spec import Metric
 from nest.contracts.model import ScalingSchedule, ScalingSpec
 
@@ -64,7 +64,9 @@ def quiet(start: float, end: float, every: float, current: int) -> list[tuple[fl
 MAY_4_0930 = datetime(2026, 5, 4, 9, 30, tzinfo=UTC).timestamp() - T0
 
 CASES = [
-    Case("up", [(0, seen(9.0, current=1))], 2, "up: 60 s concurrency 9.0 / (10 × 0.7) → 2", metric=Metric.CONCURRENCY),
+    Case(
+        "up", [(0, seen(16.0, current=2))], 3, "up: 60 s concurrency 16.0 / (10 × 0.7) → 3", metric=Metric.CONCURRENCY
+    ),
     Case("steady", [(0, seen(5.0, current=1))], 1, "steady: 60 s concurrency 5.0 / (10 × 0.7) → 1"),
     Case(
         "down",
@@ -78,12 +80,13 @@ CASES = [
         [(0, seen(13.0, current=2)), (1, seen(1.0, current=2))],
         2,
         "hold: scale_down_delay 30 s keeps 2, the highest seen (now 60 s concurrency 7.0 / (10 × 0.7) → 1)",
+        spec={"scale_down_delay_s": 30},
     ),
     Case(
         "panic",
         [(0, seen(20.0, current=1))],
         3,
-        "panic: 6 s concurrency 20.0 ≥ 2 × capacity 7.0 → 3",
+        "panic: 6 s concurrency 20.0 / (10 × 0.7) → 3 ≥ 2 × 1 instance(s) → 3",
         mode=Mode.PANIC,
         metric=Metric.CONCURRENCY,
     ),
@@ -99,6 +102,7 @@ CASES = [
         [(0, seen(20.0, current=1)), *quiet(10, 60, 10, current=3)],
         3,
         "panic over: no panic condition for 60 s ≥ stable window 60 s; hold:",
+        spec={"scale_down_delay_s": 30},
     ),
     Case(
         "panic over once the stable window catches up",
@@ -110,14 +114,14 @@ CASES = [
         "panic over when idle for the grace",
         [(0, seen(20.0, current=1)), (6, seen(0.0, current=3, interval_s=6))],
         3,
-        "panic over: idle 6 s ≥ scale_to_zero_grace; hold: scale_down_delay 30 s keeps 3",
-        spec={"scale_to_zero_grace_s": 5},
+        "panic over: idle 6 s ≥ keep-alive 5 s; hold: scale_down_delay 30 s keeps 3",
+        spec={"scale_to_zero_grace_s": 5, "scale_down_delay_s": 30},
     ),
     Case(
         "rate limits the scale-up",
         [(0, seen(40.0, current=2))],
         4,
-        "rate: max_scale_up_rate 2 × 2 allows 4 (panic: 6 s concurrency 40.0 ≥ 2 × capacity 14.0 → 6)",
+        "rate: max_scale_up_rate 2 × 2 allows 4 (panic: 6 s concurrency 40.0 / (10 × 0.7) → 6 ≥ 2 × 2 instance(s) → 6)",
         mode=Mode.PANIC,
         spec={"max_scale_up_rate": 2.0, "max": 100},
     ),
@@ -159,7 +163,7 @@ CASES = [
     ),
     Case(
         "max",
-        [(0, seen(25.0, current=2))],
+        [(0, seen(25.0, current=3))],
         2,
         "max: capped at max 2 (60 s concurrency 25.0 / (10 × 0.7) → 4)",
         spec={"max": 2},
@@ -175,7 +179,7 @@ CASES = [
         "activate from zero on a poke",
         [(0, Observation(0.0, 0, 1, 0, 0, poked=True, interval_s=0.0))],
         1,
-        "activate: 1 request(s) waiting, 0 instances → 1 (0 in flight + 1 queued / (10 × 0.7) → 1)",
+        "activate: 1 request(s) waiting, 0 instances → 1 (0 in flight + 1 queued / 10 → 1)",
         metric=Metric.QUEUE,
     ),
     Case(
@@ -207,13 +211,13 @@ CASES = [
         2,
         "up: trend: concurrency rising to 9.5 in 4.00 s / (10 × 0.7) → 2",
         metric=Metric.TREND,
-        spec={"start_latency_s": 3.0},
+        spec={"start_latency_s": 3.0, "prediction": True},
     ),
     Case(
         "queue",
-        [(0, seen(1.0, in_flight=3, queued=12, current=2))],
-        3,
-        "up: 3 in flight + 12 queued / (10 × 0.7) → 3",
+        [(0, seen(1.0, in_flight=3, queued=12, current=1))],
+        2,
+        "up: 3 in flight + 12 queued / 10 → 2",
         metric=Metric.QUEUE,
     ),
     Case(
@@ -226,7 +230,7 @@ CASES = [
     ),
     Case(
         "cpu",
-        [(0, seen(1.0, current=3, cpu=2.0))],
+        [(0, seen(1.0, current=4, cpu=2.0))],
         6,
         "up: 60 s cpu 2.00 cores / (0.50 cores × 0.7) → 6",
         metric=Metric.CPU,
@@ -263,7 +267,7 @@ def test_every_reason(case: Case) -> None:
 
 
 def test_scale_down_waits_for_the_delay_window() -> None:
-    spec = ScalingSpec(initial_scale=0, max_scale_down_rate=1000)
+    spec = ScalingSpec(initial_scale=0, max_scale_down_rate=1000, scale_down_delay_s=30)
     busy, calm = seen(30.0, current=5), seen(6.0, current=5, interval_s=10)
     # 30 over 5 instances is no panic (capacity 35); the stable window then falls as calm seconds come in.
     decisions = run(spec, [(0, busy), (10, calm), (20, calm), (29, calm), (31, calm), (61, calm)])
@@ -296,3 +300,30 @@ def test_a_small_residue_in_the_window_does_not_read_as_zero() -> None:
     decision = run(spec, steps)[-1]
     assert decision.desired == 1
     assert "concurrency 0.017 " in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("gaps", "keep_s"),
+    [((), 60.0), ((40.0, 70.0, 55.0), 140.0), ((10.0,), 60.0), ((40.0, 400.0), 60.0), ((150.0,), 300.0)],
+)
+def test_the_keep_alive_covers_short_recent_gaps_only(gaps: tuple[float, ...], keep_s: float) -> None:
+    assert keep_alive_s(ScalingSpec(scale_to_zero_grace_s=60), gaps) == keep_s
+
+
+def test_a_function_called_every_minute_stays_warm_a_rare_one_does_not() -> None:
+    spec = ScalingSpec(initial_scale=0, scale_to_zero_grace_s=30)
+    calls = [(float(t), seen(1.0, current=1)) for t in (0, 50, 100, 150)]
+    after = [(150.0 + t, seen(0.0, in_flight=0, current=1, interval_s=1.0)) for t in range(1, 100)]
+    decisions = run(spec, [*calls, *after])
+    assert decisions[-1].desired == 1, "gaps of 50 s keep an instance 100 s"
+    assert "keep-alive 100 s" in decisions[-1].reason
+    rare = run(spec, [(0.0, seen(1.0, current=1)), (500.0, seen(1.0, current=1)), (531.0, seen(0.0, current=1))])
+    assert rare[-1].desired == 0, "a 500 s gap is longer than five graces: the grace alone"
+
+
+def test_a_deploys_initial_scale_is_kept_for_the_grace() -> None:
+    spec = ScalingSpec(initial_scale=1, scale_to_zero_grace_s=60)
+    decisions = run(
+        spec, [(0, seen(0.0, current=0)), (30, seen(0.0, current=1)), (61, seen(0.0, current=1))], ScalerState()
+    )
+    assert [decision.desired for decision in decisions] == [1, 1, 0]

@@ -82,7 +82,7 @@ async def test_the_mode_reaches_the_target_with_every_decision() -> None:
     await scaler.tick()
     assert scaler.mode(KEY) is Mode.PANIC
     assert target.modes[KEY] == "panic"
-    assert target.calls[-1][2].startswith("panic: 6 s concurrency 30.0 ≥ 2 × capacity 7.0")
+    assert target.calls[-1][2].startswith("panic: 6 s concurrency 30.0 / (10 × 0.7) → 5 ≥ 2 × 1 instance(s)")
 
 
 async def test_a_restarted_autoscaler_keeps_the_instances_it_finds() -> None:
@@ -139,8 +139,8 @@ async def test_a_failing_tick_does_not_stop_the_loop() -> None:
 
 async def test_panic_compares_the_demand_with_the_ready_instances_only() -> None:
     scaler, metrics, target, _ = make(current=3)
-    target.starting[KEY] = 2  # one ready: capacity 7, so 15 in flight is a panic although 3 exist
+    target.starting[KEY] = 2  # one ready: 15 in flight wants 3 ≥ 2 × 1, a panic although 3 exist
     metrics.next = [VersionTraffic(KEY, 15.0, 15, 0, 5, 1.0)]
     await scaler.tick()
     assert scaler.mode(KEY) is Mode.PANIC
-    assert "≥ 2 × capacity 7.0" in target.calls[-1][2]
+    assert "→ 3 ≥ 2 × 1 instance(s)" in target.calls[-1][2]
