@@ -3,13 +3,14 @@
 1 caller for 3 s, then 20 callers for 10 s (each sends a 0.5 s request as soon as its last one returned), then
 none. The simulator replays the same load through the same `decide` with the function's own `ScalingSpec`; the
 instances `nest describe` lists must reach the predicted peak within two ticks of the prediction and be back at
-zero within two ticks of the predicted zero.
+zero within two ticks of the predicted zero. The peak compared is the one the prediction holds two ticks or more.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import pytest
@@ -45,8 +46,12 @@ def test_instances_follow_the_simulated_prediction(platform: Platform) -> None:
     spec = parse_manifest(f"name: stepped\n{MANIFEST}").scaling_spec()
     trace = step_load(1, CALLERS, at_s=BEFORE_S, for_s=STEP_S, request_s=REQUEST_S)
     ticks = predict_instances(spec, trace, concurrency=4, start_latency_s=0.05, horizon_s=40.0)
-    peak = max(tick.current for tick in ticks)
-    peak_at = min(tick.time for tick in ticks if tick.current == peak)
+    # The peak the prediction holds for two ticks or more: a one-tick transient is the open-loop trace's queue
+    # (its callers keep arriving while they wait), which closed-loop callers never build, and the instant queue
+    # term is not held (docs/autoscaling.md).
+    held = [(first.time, min(first.current, second.current)) for first, second in pairwise(ticks)]
+    peak = max(count for _, count in held)
+    peak_at = min(at for at, count in held if count == peak)
     zero_at = min(tick.time for tick in ticks if tick.time > BEFORE_S + STEP_S and tick.current == 0)
 
     origin = time.monotonic()
