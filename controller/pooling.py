@@ -19,7 +19,6 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,7 +26,14 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller.poolsizing import Pressure, Sizing, after_claim, initial, settle, to_fork, to_release
-from controller.warmpool import DEFAULT_PRELOAD, IdleInstance, ZygotePool, become_subreaper
+from controller.warmpool import (
+    DEFAULT_PRELOAD,
+    IdleInstance,
+    ZygotePool,
+    become_subreaper,
+    kill_group,
+    process_alive,
+)
 from nest.contracts.pools import PoolSettings
 
 if TYPE_CHECKING:
@@ -132,7 +138,7 @@ class WarmPools:
         """Shutdown: kill idle instances, reap them, stop the zygotes."""
         for pool in self._pools.values():
             for instance in pool.idle:
-                _kill(instance.process.pid)
+                kill_group(instance.process.pid)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 for pool in self._pools.values():
@@ -156,7 +162,7 @@ class WarmPools:
         found = None
         while pool.idle and found is None:
             candidate = pool.idle.popleft()
-            if candidate.process.returncode is None and _alive(candidate.process.pid):
+            if candidate.process.returncode is None and process_alive(candidate.process.pid):
                 found = candidate
             else:
                 self._spawn_task(candidate.release())
@@ -282,7 +288,7 @@ class WarmPools:
                 if self._confine is not None:
                     instance.cgroup = await self._confine(instance.process.pid)
             except BaseException:
-                _kill(instance.process.pid)
+                kill_group(instance.process.pid)
                 instance.claims.close()
                 instance.transport.close()
                 raise
@@ -347,18 +353,3 @@ class PoolCollector:
         yield idle
         yield target
         yield from counters.values()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -267,3 +267,20 @@ def _read_line(fd: int) -> bytes:
                 break
             data += chunk
         return data
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` (instances and zygotes run in their own sessions); gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

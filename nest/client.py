@@ -57,24 +57,26 @@ class NestClient:
         raise_for_error(response)
         return response.json()
 
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A JSON object answer (the API's usual shape)."""
+        result: dict[str, Any] = self._json(method, path, **kwargs)
+        return result
+
     def list_functions(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("GET", "/api/v1/functions")["functions"]
         return result
 
     def describe(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/api/v1/functions/{name}")
-        return result
+        return self._object("GET", f"/api/v1/functions/{name}")
 
     def delete(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("DELETE", f"/api/v1/functions/{name}")
-        return result
+        return self._object("DELETE", f"/api/v1/functions/{name}")
 
     def deploy(self, name: str, archive: bytes | Iterable[bytes], *, size: int | None = None) -> dict[str, Any]:
         headers = {"content-type": "application/gzip"}
         if size is not None:
             headers["content-length"] = str(size)
-        result: dict[str, Any] = self._json("PUT", f"/api/v1/functions/{name}", content=archive, headers=headers)
-        return result
+        return self._object("PUT", f"/api/v1/functions/{name}", content=archive, headers=headers)
 
     def invoke(
         self,
@@ -99,12 +101,10 @@ class NestClient:
     ) -> dict[str, Any]:
         """Submit an async invocation; the answer holds `call_id` once the task is durably stored."""
         suffix = path if not path or path.startswith("/") else f"/{path}"
-        result: dict[str, Any] = self._json(method, f"/async-function/{name}{suffix}", content=body, headers=headers)
-        return result
+        return self._object(method, f"/async-function/{name}{suffix}", content=body, headers=headers)
 
     def invocation(self, call_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/api/v1/invocations/{call_id}")
-        return result
+        return self._object("GET", f"/api/v1/invocations/{call_id}")
 
     def invocations(self, *, function: str | None = None, status: str | None = None, limit: int = 50) -> list[Any]:
         params = (
@@ -116,22 +116,18 @@ class NestClient:
         return result
 
     def cancel_invocation(self, call_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("DELETE", f"/api/v1/invocations/{call_id}")
-        return result
+        return self._object("DELETE", f"/api/v1/invocations/{call_id}")
 
     def redrive(self, call_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", f"/api/v1/invocations/{call_id}/redrive")
-        return result
+        return self._object("POST", f"/api/v1/invocations/{call_id}/redrive")
 
     def async_control(self, name: str, action: str) -> dict[str, Any]:
         """`pause`, `resume` (POST) or `tasks` (DELETE: cancel every waiting task)."""
         method = "DELETE" if action == "tasks" else "POST"
-        result: dict[str, Any] = self._json(method, f"/api/v1/functions/{name}/async/{action}")
-        return result
+        return self._object(method, f"/api/v1/functions/{name}/async/{action}")
 
     def purge_dead(self, function: str | None) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("DELETE", "/api/v1/dlq", params={"function": function} if function else {})
-        return result
+        return self._object("DELETE", "/api/v1/dlq", params={"function": function} if function else {})
 
     def metrics(self) -> str:
         """The Prometheus text of `/metrics` (what `nest pools` reads)."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect, remove_tree
 from controller.pooling import PoolsConfig, WarmPools
-from controller.warmpool import Claim, ForkedProcess, open_status_pipe
+from controller.warmpool import Claim, ForkedProcess, kill_group, open_status_pipe
 from nest.contracts.model import InitFailure, InstanceAddress
 
 if TYPE_CHECKING:
@@ -463,22 +463,10 @@ async def _next_line(reader: asyncio.StreamReader) -> dict[str, object] | None:
     return line if isinstance(line, dict) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill(process: asyncio.subprocess.Process | ForkedProcess | None) -> None:
     """SIGKILL the instance's whole process group (it runs in its own session)."""
-    if process is None or process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    if process is not None and process.returncode is None:
+        kill_group(process.pid)
 
 
 HEALTH_REQUEST = b"GET /__nest__/health HTTP/1.1\r\nhost: instance\r\nconnection: close\r\n\r\n"

@@ -321,21 +321,11 @@ class SqliteTaskQueue:
         return _task(row) if row is not None else None
 
     async def cancel(self, task_id: str, *, now: float) -> Task:
-        def work(db: sqlite3.Connection) -> Task:
-            row = db.execute(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ?"
-                f" WHERE id = ? AND status IN ('queued', 'delayed') RETURNING {COLUMNS}",
-                (now, task_id),
-            ).fetchone()
-            if row is not None:
-                return _task(row)
-            current = db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if current is None:
-                raise NotFound("invocation", task_id)
-            state = _task(current).status
-            raise Conflict("invocation", task_id, f"is {state.value}: only queued or delayed tasks can be cancelled")
-
-        return await self._run(work)
+        update = (
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?"
+            f" WHERE id = ? AND status IN ('queued', 'delayed') RETURNING {COLUMNS}"
+        )
+        return await self._transition(task_id, update, (now, task_id), "only queued or delayed tasks can be cancelled")
 
     async def list_tasks(self, *, function: str | None, status: TaskStatus | None, limit: int) -> list[Task]:
         clauses, values = [], []
@@ -375,20 +365,26 @@ class SqliteTaskQueue:
         return await self._run(lambda db: db.execute(query + " AND function = ?", (function,)).rowcount)
 
     async def redrive(self, task_id: str, *, now: float) -> Task:
+        update = (
+            "UPDATE tasks SET status = 'queued', not_before = ?, attempts = 0, throttles = 0, finished_at = NULL,"
+            " result = NULL, result_status = NULL, result_truncated = 0"
+            f" WHERE id = ? AND status IN ('dead_lettered', 'expired', 'failed') RETURNING {COLUMNS}"
+        )
+        return await self._transition(
+            task_id, update, (now, task_id), "only dead-lettered or expired tasks are redriven"
+        )
+
+    async def _transition(self, task_id: str, update: str, values: tuple[Any, ...], allowed: str) -> Task:
+        """Run a guarded status change; `NotFound` for an unknown task, `Conflict` naming its status otherwise."""
+
         def work(db: sqlite3.Connection) -> Task:
-            row = db.execute(
-                "UPDATE tasks SET status = 'queued', not_before = ?, attempts = 0, throttles = 0, finished_at = NULL,"
-                " result = NULL, result_status = NULL, result_truncated = 0"
-                f" WHERE id = ? AND status IN ('dead_lettered', 'expired', 'failed') RETURNING {COLUMNS}",
-                (now, task_id),
-            ).fetchone()
+            row = db.execute(update, values).fetchone()
             if row is not None:
                 return _task(row)
             current = db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if current is None:
                 raise NotFound("invocation", task_id)
-            state = _task(current).status
-            raise Conflict("invocation", task_id, f"is {state.value}: only dead-lettered or expired tasks are redriven")
+            raise Conflict("invocation", task_id, f"is {_task(current).status.value}: {allowed}")
 
         return await self._run(work)
 
