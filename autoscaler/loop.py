@@ -1,9 +1,12 @@
 """The autoscaler's loop: once a tick, collect traffic, decide per version, apply; at once on a poke.
 
 The one async module of the autoscaler. It owns the per-version `ScalerState` between ticks and nothing else:
-traffic comes through `MetricsSource`, decisions go out through `ScaleTarget`, and the decision itself is
-`decision.decide`. A poke (the activator holding a request for a version with no instance) decides for that
-version immediately rather than up to a tick later: a cold start must not wait for the clock.
+traffic comes through `MetricsSource`, the instances' CPU and memory through `UsageSource` (read once a tick,
+after the traffic), decisions go out through `ScaleTarget`, and the decision itself is `decision.decide`. QPS
+is the requests *admitted* over the interval (`VersionTraffic.arrived`) where the source counts them: arrivals
+show a load that outgrows its instances at once, while completions are capped by the capacity already there.
+A poke (the activator holding a request for a version with no instance) decides for that version immediately
+rather than up to a tick later: a cold start must not wait for the clock.
 
 Two clocks: the monotonic one paces the ticks and is what the metrics source is asked with; decisions get wall
 time (epoch seconds), because schedules are wall-clock. After a restart the states are empty: each version's
@@ -23,9 +26,9 @@ from typing import TYPE_CHECKING
 from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
-    from autoscaler.ports import MetricsSource, ScaleTarget
+    from autoscaler.ports import MetricsSource, ScaleTarget, UsageSource
     from nest.contracts.model import ScalingSpec, VersionKey, VersionTraffic
 
 logger = logging.getLogger("nest.autoscaler")
@@ -46,8 +49,11 @@ class Autoscaler:
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        usage: UsageSource | None = None,
     ) -> None:
         self._metrics = metrics
+        self._usage = usage
+        self._usage_failing = False
         self._target = target
         self._tick_s = tick_s
         self._clock = clock
@@ -99,6 +105,7 @@ class Autoscaler:
         if inspect.isawaitable(collected):
             collected = await collected
         traffic = {item.key: item for item in collected}
+        used = await self._used()
         now = self._wall_clock()
         scalables = self._target.scalables()
         for key in list(self._states):
@@ -110,7 +117,24 @@ class Autoscaler:
             self._ticked_at[key] = now
             quiet_s = min(max(now - since, 0.0), LONGEST_INTERVAL_S) if since is not None else self._tick_s
             ready, _ = self._target.counts(key)
-            await self._apply(key, spec, _observe(traffic.get(key), current, quiet_s, ready=ready), now)
+            seen = _observe(traffic.get(key), current, quiet_s, ready=ready, used=used.get(key))
+            await self._apply(key, spec, seen, now)
+
+    async def _used(self) -> Mapping[VersionKey, tuple[float | None, float | None]]:
+        """The backend's figures for this tick; none (the decisions go ahead on traffic) if it cannot say."""
+        if self._usage is None:
+            return {}
+        try:
+            used = await self._usage.usage()
+        except Exception:
+            if not self._usage_failing:
+                logger.exception("reading the instances' CPU and memory failed; deciding on traffic alone")
+            self._usage_failing = True
+            return {}
+        if self._usage_failing:
+            logger.info("the instances' CPU and memory are read again")
+        self._usage_failing = False
+        return used
 
     async def answer_pokes(self) -> None:
         """Decide at once for poked versions that have no instance yet."""
@@ -135,10 +159,25 @@ class Autoscaler:
         return decision
 
 
-def _observe(traffic: VersionTraffic | None, current: int, quiet_s: float, *, ready: int) -> Observation:
-    """The decision's view of one interval; no entry means no traffic over the time since the last tick."""
+def _observe(
+    traffic: VersionTraffic | None,
+    current: int,
+    quiet_s: float,
+    *,
+    ready: int,
+    used: tuple[float | None, float | None] | None = None,
+) -> Observation:
+    """The decision's view of one interval; no entry means no traffic over the time since the last tick.
+
+    CPU and memory are the backend's (`used`) where it knows them, else what the traffic source carried (a
+    remote gateway may report them). QPS is arrivals over the interval where counted; None lets the decision
+    derive it from completions.
+    """
+    cpu, memory = used if used is not None else (None, None)
     if traffic is None:
-        return Observation(0.0, 0, 0, 0, current, ready=ready, interval_s=quiet_s)
+        return Observation(0.0, 0, 0, 0, current, ready=ready, cpu=cpu, memory=memory, interval_s=quiet_s)
+    interval_s = max(traffic.interval_s, 0.0)
+    qps = traffic.arrived / interval_s if traffic.arrived is not None and interval_s > 0 else None
     return Observation(
         traffic.concurrency,
         traffic.in_flight,
@@ -146,7 +185,8 @@ def _observe(traffic: VersionTraffic | None, current: int, quiet_s: float, *, re
         traffic.completed,
         current,
         ready=ready,
-        cpu=traffic.cpu,
-        memory=traffic.memory,
-        interval_s=max(traffic.interval_s, 0.0),
+        qps=qps,
+        cpu=cpu if cpu is not None else traffic.cpu,
+        memory=memory if memory is not None else traffic.memory,
+        interval_s=interval_s,
     )

@@ -1,8 +1,9 @@
-"""Ports the autoscaler consumes: where traffic comes from and where desired counts go.
+"""Ports the autoscaler consumes: where traffic and resource usage come from and where desired counts go.
 
 `MetricsSource` is satisfied by the gateway's routing table in process and by `autoscaler/remote.py`'s gRPC
-client for gateways elsewhere; `ScaleTarget` by the controller's fleet. Neither is imported here
-(`nest/wiring/embedded.py` checks the fit).
+client for gateways elsewhere; `UsageSource` by the backend that runs the instances (the local backend samples
+cgroups and `/proc`); `ScaleTarget` by the controller's fleet. None is imported here (`nest/wiring/embedded.py`
+checks the fit).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Mapping
 
     from nest.contracts.model import ScalingSpec, VersionKey, VersionTraffic
 
@@ -23,6 +24,16 @@ class MetricsSource(Protocol):
         `def` (the in-process routing table, which must not make its hot path wait); the loop awaits what needs
         it. `now` is the autoscaler's monotonic clock; a source with its own clock may ignore it. A version with
         no entry had no traffic in the interval.
+        """
+        ...
+
+
+class UsageSource(Protocol):
+    async def usage(self) -> Mapping[VersionKey, tuple[float | None, float | None]]:
+        """(cores, bytes) in use by each version's instances: cores the mean since the previous call, bytes now.
+
+        Called once a tick, before the decisions. A version left out, or a None, is a figure the backend does
+        not know (not zero): the decision then records nothing for that metric this tick.
         """
         ...
 

@@ -136,7 +136,7 @@ class GrpcMetricsSource:
 
 
 def aggregate(replies: Iterable[list[VersionTraffic]]) -> list[VersionTraffic]:
-    """Per version: in-flight, queued, completed, concurrency and extras summed; the interval is the longest.
+    """Per version: in-flight, queued, completed, arrived, concurrency and extras summed; the interval is the longest.
 
     Pure. Summing concurrency is right because replicas see disjoint requests over (nearly) the same interval:
     two replicas each averaging 3.0 in flight mean 6.0 for the version. `cpu` and `memory` describe the
@@ -158,12 +158,18 @@ def aggregate(replies: Iterable[list[VersionTraffic]]) -> list[VersionTraffic]:
                 in_flight=seen.in_flight + item.in_flight,
                 queued=seen.queued + item.queued,
                 completed=seen.completed + item.completed,
+                arrived=_summed(seen.arrived, item.arrived),
                 interval_s=max(seen.interval_s, item.interval_s),
                 extra=extra,
                 cpu=_largest(seen.cpu, item.cpu),
                 memory=_largest(seen.memory, item.memory),
             )
     return list(totals.values())
+
+
+def _summed(one: int | None, other: int | None) -> int | None:
+    """Arrivals of the replicas that count them (None only if none does)."""
+    return one + other if one is not None and other is not None else (one if other is None else other)
 
 
 def _largest(one: float | None, other: float | None) -> float | None:
@@ -180,7 +186,7 @@ def _from_message(item: metrics_pb2.VersionTraffic) -> VersionTraffic:
         "queued": item.queued,
         "completed": item.completed,
         "interval_s": item.interval_s,
-        **{name: getattr(item, name) for name in ("cpu", "memory") if item.HasField(name)},
+        **{name: getattr(item, name) for name in ("cpu", "memory", "arrived") if item.HasField(name)},
     }
     for name, value in figures.items():
         if not math.isfinite(value) or value < 0:
@@ -198,4 +204,5 @@ def _from_message(item: metrics_pb2.VersionTraffic) -> VersionTraffic:
         dict(item.extra),
         item.cpu if item.HasField("cpu") else None,
         item.memory if item.HasField("memory") else None,
+        item.arrived if item.HasField("arrived") else None,
     )

@@ -61,11 +61,15 @@ class _Totals:
     area: dict[VersionKey, float] = field(default_factory=dict)
     """Sum of (in-flight + queued) x seconds; divided by the interval it gives the time-weighted mean."""
     completed: dict[VersionKey, int] = field(default_factory=dict)
+    arrived: dict[VersionKey, int] = field(default_factory=dict)
+    """Only versions whose table reports arrivals: a version absent here reports None (not counted), not 0."""
 
     def add(self, fresh: list[VersionTraffic]) -> None:
         for item in fresh:
             self.area[item.key] = self.area.get(item.key, 0.0) + item.concurrency * item.interval_s
             self.completed[item.key] = self.completed.get(item.key, 0) + item.completed
+            if item.arrived is not None:
+                self.arrived[item.key] = self.arrived.get(item.key, 0) + item.arrived
 
     def take(self, fresh: list[VersionTraffic], now: float) -> list[VersionTraffic]:
         """The collector's interval, ending now; starts the next one. Levels (in-flight, queued, cpu, memory and
@@ -82,12 +86,14 @@ class _Totals:
                     item,
                     concurrency=concurrency,
                     completed=self.completed.get(key, 0),
+                    arrived=self.arrived.get(key),
                     interval_s=interval,
                     extra=dict(item.extra),
                 )
             )
         self.area.clear()
         self.completed.clear()
+        self.arrived.clear()
         self.since = self.read_at = now
         return result
 
@@ -156,6 +162,7 @@ def _to_message(traffic: VersionTraffic) -> metrics_pb2.VersionTraffic:
         extra=traffic.extra,
         cpu=traffic.cpu,
         memory=traffic.memory,
+        arrived=traffic.arrived,
     )
 
 

@@ -120,7 +120,8 @@ class RoutingTable:
             queued = traffic.queued
             if self.async_waiting is not None and self._is_live(key):
                 queued += self.async_waiting(key.function)
-            result.append(VersionTraffic(key, mean, traffic.in_flight, queued, completed, interval))
+            arrived = traffic.take_arrived()
+            result.append(VersionTraffic(key, mean, traffic.in_flight, queued, completed, interval, arrived=arrived))
             self._drop_if_idle(key)
         return result
 

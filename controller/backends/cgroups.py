@@ -7,6 +7,11 @@ pid is written to `cgroup.procs` right after it is spawned, from a worker thread
 take ~10 ms here (its first milliseconds run unconfined). Idle pool instances are placed while idle, so a claim
 only rewrites the cap. Detection happens in
 `detect()`, called from the backend's `run()`: constructors do no I/O.
+
+The same groups tell the autoscaler what an instance uses (`usage`, read once a tick by
+`controller/backends/usage.py`): its *working set*, the group's memory less the page cache the kernel may drop
+(`inactive_file`), as the kubelet and cAdvisor count it for Kubernetes' HPA; and, on cgroup v2 only, its CPU
+time (`cpu.stat` is there whether or not the cpu controller is enabled). A v1 memory group keeps no CPU time.
 """
 
 from __future__ import annotations
@@ -42,6 +47,27 @@ class Cgroups:
             return None
         return group
 
+    @property
+    def unified(self) -> bool:
+        """cgroup v2 (one hierarchy: memory and CPU time in the same group)."""
+        return self.limit_file == "memory.max"
+
+    def usage(self, group: Path) -> tuple[float | None, float | None]:
+        """(CPU seconds, working-set bytes) of a group since it was created; None for what this hierarchy does
+        not keep (v1 has no CPU time here) or what could not be read (the group just went)."""
+        if self.unified:
+            cpu_usec = _field(group / "cpu.stat", b"usage_usec")
+            memory = _number(group / "memory.current")
+            inactive = _field(group / "memory.stat", b"inactive_file")
+        else:
+            cpu_usec = None
+            memory = _number(group / "memory.usage_in_bytes")
+            inactive = _field(group / "memory.stat", b"total_inactive_file")
+        cpu_s = cpu_usec / 1e6 if cpu_usec is not None else None
+        if memory is not None and inactive is not None:
+            memory = max(0, memory - inactive)
+        return cpu_s, float(memory) if memory is not None else None
+
     def limit(self, group: Path, memory_bytes: int) -> bool:
         """Change a group's cap (a claimed idle instance gets its function's `memory`); cheap, unlike `place`."""
         try:
@@ -55,6 +81,29 @@ class Cgroups:
     def remove(group: Path) -> None:
         with contextlib.suppress(OSError):
             group.rmdir()
+
+
+def _number(path: Path) -> int | None:
+    try:
+        return int(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _field(path: Path, name: bytes) -> int | None:
+    """The value of `name` in a flat-keyed cgroup file (`usage_usec 123`); None if absent or unreadable."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(b" ")
+        if key == name:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def detect(root: Path = ROOT, *, owner: int) -> Cgroups | None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from controller.backends.base import EventKind, InstanceEvent, InstanceSpec
 from controller.backends.cgroups import Cgroups, detect, remove_tree
+from controller.backends.usage import Target, UsageMeter
 from controller.pooling import PoolsConfig, WarmPools
 from controller.warmpool import Claim, ForkedProcess, kill_group, open_status_pipe
 from nest.contracts.model import InitFailure, InstanceAddress
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from nest.contracts.ids import InstanceId
+    from nest.contracts.model import VersionKey
     from nest.contracts.pools import PoolSettings
 
 logger = logging.getLogger("nest.backend")
@@ -113,6 +115,30 @@ class LocalBackend:
         starts a replacement and drains this one once the replacement is ready."""
         self._claimed: dict[InstanceId, Path | None] = {}
         """Instances that were idle pool instances, for naming their start phase."""
+        self._meter = UsageMeter()
+        self._metering = asyncio.Lock()
+
+    async def usage(self) -> dict[VersionKey, tuple[float | None, float | None]]:
+        """(mean cores since the previous call, bytes held now) per version with ready instances.
+
+        The autoscaler's `UsageSource` port, called once a tick (not per request): reads every ready instance's
+        counters off the event loop (`controller/backends/usage.py`; a `None` is a figure not known yet, e.g.
+        the CPU of instances all sampled for the first time). Instances still starting are left out: their
+        start-up is not load.
+        """
+        targets = [
+            Target(instance_id, entry.spec.key, entry.process.pid, entry.cgroup)
+            for instance_id, entry in self._processes.items()
+            if entry.ready and entry.process is not None and entry.process.returncode is None
+        ]
+        async with self._metering:
+            measured = await asyncio.to_thread(self._meter.measure, targets, self._cgroups)
+        return {key: (usage.cores, usage.memory_bytes) for key, usage in measured.items()}
+
+    def last_usage(self, key: VersionKey) -> tuple[float | None, float | None, int]:
+        """(cores, bytes, instances sampled) of a version at the last `usage` call, for `nest describe`."""
+        usage = self._meter.last.get(key)
+        return (usage.cores, usage.memory_bytes, usage.instances) if usage is not None else (None, None, 0)
 
     async def run(self) -> None:
         for sub in ("sockets", "instances"):

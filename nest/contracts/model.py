@@ -164,3 +164,6 @@ class VersionTraffic:
     """Cores in use by all the version's instances (mean over the interval), where the backend reports it."""
     memory: float | None = None
     """Bytes in use by all the version's instances, where the backend reports it."""
+    arrived: int | None = None
+    """Requests admitted during the interval (sent to an instance or queued for one): QPS is `arrived /
+    interval_s`. None where the source does not count arrivals (QPS then falls back to completions)."""

@@ -40,7 +40,7 @@ from nest.wiring.invocations import AsyncConfig, async_invocations
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from autoscaler.ports import MetricsSource, ScaleTarget
+    from autoscaler.ports import MetricsSource, ScaleTarget, UsageSource
     from controller.backends.base import Backend
     from controller.ports import RoutePublisher
     from gateway.asyncq.dispatcher import Dispatcher
@@ -71,7 +71,12 @@ class EmbeddedConfig:
 
 
 def _check_ports(
-    metrics: MetricsSource, target: ScaleTarget, publisher: RoutePublisher, demand: DemandSignal, control: ControlPlane
+    metrics: MetricsSource,
+    target: ScaleTarget,
+    publisher: RoutePublisher,
+    demand: DemandSignal,
+    control: ControlPlane,
+    usage: UsageSource,
 ) -> None:
     """Nothing at run time: mypy checks here that each concrete class satisfies the port it is wired to."""
 
@@ -92,7 +97,7 @@ async def run(config: EmbeddedConfig) -> None:
     local = local_backend(config, data_dir, fleet, registry)
     backend: Backend = local
     metrics, metrics_server = gateway_metrics(config, table)
-    autoscaler = Autoscaler(metrics, fleet, tick_s=config.tick_s)
+    autoscaler = Autoscaler(metrics, fleet, tick_s=config.tick_s, usage=local)  # CPU and memory: the backend's
     table.connect_demand(autoscaler)
     service = FunctionService(
         store,
@@ -105,7 +110,7 @@ async def run(config: EmbeddedConfig) -> None:
             pools=frozenset({"default", "none", *config.pools}),
         ),
     )
-    _check_ports(table, fleet, table, autoscaler, service)
+    _check_ports(table, fleet, table, autoscaler, service, local)
 
     registry.register(GatewayCollector(table))
     state = {"ready": False}

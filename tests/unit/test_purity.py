@@ -17,6 +17,7 @@ PURE_MODULES = [
     "gateway/routes.py",
     "controller/reconciler.py",
     "controller/poolsizing.py",
+    "controller/backends/rates.py",
     "gateway/asyncq/retry.py",
     "gateway/asyncq/aimd.py",
     "gateway/asyncq/fairness.py",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nest/api/metrics.proto\x12\x0fnest.metrics.v1\"&\n\x0e\x43ollectRequest\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\"D\n\x0f\x43ollectResponse\x12\x31\n\x08versions\x18\x01 \x03(\x0b\x32\x1f.nest.metrics.v1.VersionTraffic\"\xb5\x02\n\x0eVersionTraffic\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x01\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x12\x12\n\ninterval_s\x18\x07 \x01(\x01\x12\x39\n\x05\x65xtra\x18\x08 \x03(\x0b\x32*.nest.metrics.v1.VersionTraffic.ExtraEntry\x12\x10\n\x03\x63pu\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06memory\x18\n \x01(\x01H\x01\x88\x01\x01\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04_cpuB\t\n\x07_memory2W\n\x07Metrics\x12L\n\x07\x43ollect\x12\x1f.nest.metrics.v1.CollectRequest\x1a .nest.metrics.v1.CollectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nest/api/metrics.proto\x12\x0fnest.metrics.v1\"&\n\x0e\x43ollectRequest\x12\x14\n\x0c\x63ollector_id\x18\x01 \x01(\t\"D\n\x0f\x43ollectResponse\x12\x31\n\x08versions\x18\x01 \x03(\x0b\x32\x1f.nest.metrics.v1.VersionTraffic\"\xd7\x02\n\x0eVersionTraffic\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x01\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x11\n\tcompleted\x18\x06 \x01(\x03\x12\x12\n\ninterval_s\x18\x07 \x01(\x01\x12\x39\n\x05\x65xtra\x18\x08 \x03(\x0b\x32*.nest.metrics.v1.VersionTraffic.ExtraEntry\x12\x10\n\x03\x63pu\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06memory\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07\x61rrived\x18\x0b \x01(\x03H\x02\x88\x01\x01\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04_cpuB\t\n\x07_memoryB\n\n\x08_arrived2W\n\x07Metrics\x12L\n\x07\x43ollect\x12\x1f.nest.metrics.v1.CollectRequest\x1a .nest.metrics.v1.CollectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTRESPONSE']._serialized_start=83
   _globals['_COLLECTRESPONSE']._serialized_end=151
   _globals['_VERSIONTRAFFIC']._serialized_start=154
-  _globals['_VERSIONTRAFFIC']._serialized_end=463
-  _globals['_VERSIONTRAFFIC_EXTRAENTRY']._serialized_start=400
-  _globals['_VERSIONTRAFFIC_EXTRAENTRY']._serialized_end=444
-  _globals['_METRICS']._serialized_start=465
-  _globals['_METRICS']._serialized_end=552
+  _globals['_VERSIONTRAFFIC']._serialized_end=497
+  _globals['_VERSIONTRAFFIC_EXTRAENTRY']._serialized_start=422
+  _globals['_VERSIONTRAFFIC_EXTRAENTRY']._serialized_end=466
+  _globals['_METRICS']._serialized_start=499
+  _globals['_METRICS']._serialized_end=586
 # @@protoc_insertion_point(module_scope)

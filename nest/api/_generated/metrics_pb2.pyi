@@ -19,7 +19,7 @@ class CollectResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionTraffic, _Mapping]]] = ...) -> None: ...
 
 class VersionTraffic(_message.Message):
-    __slots__ = ("function", "version", "concurrency", "in_flight", "queued", "completed", "interval_s", "extra", "cpu", "memory")
+    __slots__ = ("function", "version", "concurrency", "in_flight", "queued", "completed", "interval_s", "extra", "cpu", "memory", "arrived")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class VersionTraffic(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_FIELD_NUMBER: _ClassVar[int]
     function: str
     version: str
     concurrency: float
@@ -47,4 +48,5 @@ class VersionTraffic(_message.Message):
     extra: _containers.ScalarMap[str, float]
     cpu: float
     memory: float
-    def __init__(self, function: _Optional[str] = ..., version: _Optional[str] = ..., concurrency: _Optional[float] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., completed: _Optional[int] = ..., interval_s: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ..., cpu: _Optional[float] = ..., memory: _Optional[float] = ...) -> None: ...
+    arrived: int
+    def __init__(self, function: _Optional[str] = ..., version: _Optional[str] = ..., concurrency: _Optional[float] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., completed: _Optional[int] = ..., interval_s: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ..., cpu: _Optional[float] = ..., memory: _Optional[float] = ..., arrived: _Optional[int] = ...) -> None: ...
