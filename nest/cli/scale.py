@@ -3,6 +3,7 @@
 ```
 nest scale simulate --trace tests/bench/traces/spike.csv                   # Nest's policy, a table
 nest scale simulate --trace spike.csv --policy nest --policy kpa -o json   # compare, as JSON
+nest scale simulate --shape ramp --seed 7 --policy nest --policy kpa       # a synthetic draw, no file
 ```
 """
 
@@ -36,7 +37,16 @@ class Format(StrEnum):
 
 @scale_app.command("simulate")
 def simulate_command(
-    trace: Annotated[Path, typer.Option("--trace", help="CSV or JSONL: arrival_s, duration_s[, function]")],
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="CSV or JSONL: arrival_s, duration_s[, function]")
+    ] = None,
+    shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --trace: a synthetic shape of the trace suite (steady, diurnal, spike, ramp, onoff, azure)"
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="The draw of --shape (default: the suite's own file)")] = None,
     policy: Annotated[
         list[str] | None, typer.Option("--policy", help=f"Repeatable: {POLICY_NAMES} (default: nest)")
     ] = None,
@@ -54,7 +64,8 @@ def simulate_command(
     events, and the decision log. See docs/autoscaling.md.
     """
     try:
-        runs = _run(trace, policy or ["nest"], start_latency=start_latency, concurrency=concurrency)
+        loaded = _trace(trace, shape, seed)
+        runs = _run(loaded, policy or ["nest"], start_latency=start_latency, concurrency=concurrency)
     except InvalidInput as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True)
         raise typer.Exit(1) from None
@@ -67,11 +78,25 @@ def simulate_command(
     _print_tables(runs, log)
 
 
-def _run(trace: Path, policies: list[str], *, start_latency: str, concurrency: int) -> list[Any]:
+def _trace(path: Path | None, shape: str | None, seed: int | None) -> Any:
+    """The trace file, or a draw of a synthetic shape: exactly one of the two."""
     # Imported here: the simulator (and the decision engine under it) loads only for this command.
+    from autoscaler.simulation.shapes import generate
+    from autoscaler.simulation.traces import load_trace
+
+    if (path is None) == (shape is None):
+        raise InvalidInput("--trace", "give either --trace FILE or --shape NAME (not both)")
+    if path is not None:
+        if seed is not None:
+            raise InvalidInput("--seed", "--seed draws a --shape; a --trace file is replayed as it is")
+        return load_trace(path)
+    assert shape is not None
+    return generate(shape, seed=seed)
+
+
+def _run(loaded: Any, policies: list[str], *, start_latency: str, concurrency: int) -> list[Any]:
     from autoscaler.simulation.model import Settings, simulate
     from autoscaler.simulation.policies import make_policy
-    from autoscaler.simulation.traces import load_trace
 
     try:
         latency_s = parse_duration(start_latency)
@@ -80,7 +105,6 @@ def _run(trace: Path, policies: list[str], *, start_latency: str, concurrency: i
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InvalidInput("--concurrency", f"{concurrency} must be between 1 and {MAX_CONCURRENCY}")
     factories = [(name, make_policy(name, concurrency=concurrency, start_latency_s=latency_s)) for name in policies]
-    loaded = load_trace(trace)
     settings = Settings(concurrency=concurrency, start_latency_s=latency_s)
     return [simulate(loaded, factory, settings, name=name) for name, factory in factories]
 

@@ -9,7 +9,12 @@ diurnal. Both are modelled alike: same start latency, per-instance concurrency a
 A parameter sweep (Nest: scale_down_delay x utilization x trend prediction; KPA: stable window x target
 utilisation; keep-alive: duration) is plotted as delayed % vs instance-seconds summed over spike, ramp and
 diurnal, with each family's Pareto frontier (PNG, matplotlib Agg); for each Nest configuration the JSON lists the
-traces of the suite on which it dominates KPA's defaults. Prints one JSON line. Virtual time: ~3 min here (2 busy
+traces of the suite on which it dominates KPA's defaults.
+
+Robustness (`--seeds N`, default 6): each trace of the suite is one seeded draw of its shape, so a verdict on
+it can be the luck of that draw. N more draws of every shape (autoscaler/simulation/shapes.py) are replayed
+through Nest and KPA; per shape the JSON gives on how many draws Nest dominates and the medians of Nest's
+instance-seconds and delayed requests as multiples of KPA's. Prints one JSON line. Virtual time: ~3 min here (2 busy
 cores), ~20 s with --no-sweep.
 
 Run: .venv/bin/python -m tests.bench.bench_autoscaler [--concurrency 4] [--png /tmp/nest_autoscaler_pareto.png]
@@ -20,14 +25,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoscaler.simulation.model import Settings, simulate
 from autoscaler.simulation.policies import KeepAlivePolicy, KpaConfig, KpaPolicy, make_policy, nest_spec, tuned
 from autoscaler.simulation.report import dominates, figures, improvement
+from autoscaler.simulation.shapes import SHAPES, generate, suite_seed
 from autoscaler.simulation.traces import load_trace
 
 if TYPE_CHECKING:
@@ -69,6 +77,43 @@ def compare(traces: dict[str, Trace], settings: Settings) -> tuple[dict[str, Any
             "nest_best_improvement": improvement(nest, kpa),
         }
     return results, kpa_runs
+
+
+def _draw(job: tuple[str, int, Settings]) -> tuple[str, float, float, bool]:
+    """One draw of a shape through Nest and KPA: (shape, cost ratio, delayed ratio, Nest dominates)."""
+    name, seed, settings = job
+    trace = generate(name, seed=seed)
+    runs = {
+        policy: figures(
+            simulate(
+                trace,
+                make_policy(policy, concurrency=settings.concurrency, start_latency_s=settings.start_latency_s),
+                settings,
+                name=policy,
+            )
+        )
+        for policy in ("nest", "kpa")
+    }
+    nest, kpa = runs["nest"], runs["kpa"]
+    delayed = nest.delayed / kpa.delayed if kpa.delayed else (1.0 if not nest.delayed else float("inf"))
+    return name, nest.instance_seconds / kpa.instance_seconds, delayed, dominates(nest, kpa)
+
+
+def robustness(settings: Settings, seeds: int) -> dict[str, Any]:
+    """`seeds` more draws of every shape (seeds the suite's own plus 1000, 2000, ...), Nest against KPA."""
+    jobs = [(name, suite_seed(name) + 1000 * draw, settings) for name in SHAPES for draw in range(1, seeds + 1)]
+    with ProcessPoolExecutor() as pool:
+        draws = list(pool.map(_draw, jobs))
+    result: dict[str, Any] = {}
+    for name in SHAPES:
+        mine = [item for item in draws if item[0] == name]
+        result[name] = {
+            "nest_dominates_kpa": f"{sum(item[3] for item in mine)}/{len(mine)}",
+            "instance_seconds_vs_kpa_median": round(statistics.median(item[1] for item in mine), 3),
+            "instance_seconds_vs_kpa_range": [round(min(i[1] for i in mine), 3), round(max(i[1] for i in mine), 3)],
+            "delayed_vs_kpa_median": round(statistics.median(item[2] for item in mine), 3),
+        }
+    return result
 
 
 def sweep(
@@ -151,6 +196,7 @@ def main() -> None:
     parser.add_argument("--start-latency", type=float, default=0.05)
     parser.add_argument("--png", type=Path, default=Path(tempfile.gettempdir()) / "nest_autoscaler_pareto.png")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--seeds", type=int, default=6, help="more draws of every shape (0: none)")
     args = parser.parse_args()
     started = time.perf_counter()
     settings = Settings(concurrency=args.concurrency, start_latency_s=args.start_latency)
@@ -167,6 +213,8 @@ def main() -> None:
         "nest_dominates_kpa_on": [name for name, item in results.items() if item["nest_dominates_kpa"]],
         "target_met": target_met,
     }
+    if args.seeds > 0:
+        report["robustness"] = {"seeds": args.seeds, "shapes": robustness(settings, args.seeds)}
     if not args.no_sweep:
         points, nest_rows = sweep(traces, settings, kpa)
         plot(points, args.png)

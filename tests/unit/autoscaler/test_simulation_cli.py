@@ -51,3 +51,27 @@ def test_simulate_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
     assert "--start-latency" in bad_latency.output
     missing = runner.invoke(app, ["scale", "simulate", "--trace", str(tmp_path / "none.csv")])
     assert "no such file" in missing.output
+
+
+def test_simulate_draws_a_synthetic_shape_without_a_file() -> None:
+    arguments = ["scale", "simulate", "--shape", "onoff", "--seed", "5", "--policy", "kpa", "-o", "json"]
+    result = CliRunner().invoke(app, [*arguments, "--log", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["trace"] == "onoff@5"
+    assert report["requests"] > 1000
+
+
+def test_simulate_wants_exactly_one_trace_source(tmp_path: Path) -> None:
+    runner = CliRunner()
+    neither = runner.invoke(app, ["scale", "simulate"])
+    assert neither.exit_code == 1
+    assert "give either --trace FILE or --shape NAME" in neither.output
+    both = runner.invoke(app, ["scale", "simulate", "--trace", str(trace_file(tmp_path)), "--shape", "ramp"])
+    assert both.exit_code == 1
+    unknown = runner.invoke(app, ["scale", "simulate", "--shape", "tsunami"])
+    assert unknown.exit_code == 1
+    assert "no shape 'tsunami'; choose one of steady" in unknown.output
+    seeded_file = runner.invoke(app, ["scale", "simulate", "--trace", str(trace_file(tmp_path)), "--seed", "3"])
+    assert seeded_file.exit_code == 1
+    assert "--seed draws a --shape" in seeded_file.output
