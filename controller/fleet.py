@@ -126,12 +126,17 @@ class Fleet:
     def scaling_status(self, key: VersionKey) -> dict[str, Any]:
         version = self._versions.get(key)
         if version is None:
-            return {"desired": 0, "mode": "stable", "decisions": []}
+            return {"desired": 0, "mode": "stable", "decisions": [], "usage": self._usage(key)}
         decisions = [
             {"at": at, "desired": n, "mode": mode, "reason": reason}
             for at, n, mode, reason in reversed(version.decisions)
         ]
-        return {"desired": version.desired, "mode": version.mode, "decisions": decisions}
+        return {"desired": version.desired, "mode": version.mode, "decisions": decisions, "usage": self._usage(key)}
+
+    def _usage(self, key: VersionKey) -> dict[str, Any]:
+        """The CPU (mean cores) and memory (bytes) the backend last read for the autoscaler; None if unknown."""
+        cores, memory, sampled = self.backend.last_usage(key) if self.backend is not None else (None, None, 0)
+        return {"cpu_cores": cores, "memory_bytes": memory, "instances": sampled}
 
     def last_failure(self, key: VersionKey) -> InitFailure | None:
         version = self._versions.get(key)

@@ -77,3 +77,8 @@ class Backend(Protocol):
 
     async def stop_all(self, *, grace_s: float) -> None:
         """Stop every instance (shutdown); returns when none is left."""
+
+    def last_usage(self, key: VersionKey) -> tuple[float | None, float | None, int]:
+        """(cores, bytes, instances sampled) of a version as last read for the autoscaler, for `nest describe`;
+        None for a figure the backend does not report (or has not read yet)."""
+        ...

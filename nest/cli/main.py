@@ -362,6 +362,11 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
         f"  scale_to_zero_grace {scaling.get('scale_to_zero_grace')}s"
         f"  desired {info['scaling']['desired']}  mode {info['scaling'].get('mode', 'stable')}"
     )
+    usage = info["scaling"].get("usage") or {}
+    if usage.get("cpu_cores") is not None or usage.get("memory_bytes") is not None:
+        cpu = "-" if usage["cpu_cores"] is None else f"{usage['cpu_cores']:.2f} cores"
+        memory = "-" if usage["memory_bytes"] is None else f"{usage['memory_bytes'] / 1024**2:.0f}Mi"
+        out.print(f"usage cpu {cpu}  memory {memory}  ({usage['instances']} ready instance(s), last autoscaler tick)")
     error = info.get("last_init_error")
     if error:
         out.print(f"[red]last init error[/red] {_when(error['at'])}: {error['error_type']}: {error['detail']}")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from controller.backends.base import InstanceSpec
     from nest.contracts.ids import InstanceId
+    from nest.contracts.model import VersionKey
 
 
 class FakeBackend:
@@ -48,6 +49,9 @@ class FakeBackend:
     async def stop_all(self, *, grace_s: float) -> None:
         for instance_id in list(self.running):
             await self.stop(instance_id, grace_s=grace_s)
+
+    def last_usage(self, key: VersionKey) -> tuple[float | None, float | None, int]:
+        return None, None, 0
 
     def crash(self, instance_id: InstanceId) -> None:
         spec = self.running.pop(instance_id)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from controller.backends import usage
 from controller.backends.cgroups import Cgroups
 from controller.backends.usage import Target, UsageMeter, proc_cpu_s, proc_memory, sample
 from nest.contracts.ids import FunctionName, VersionId
@@ -105,3 +106,29 @@ def test_the_meter_rates_a_busy_process_per_version() -> None:
     assert cores is not None
     assert 0.1 < cores <= 1.1  # one thread spinning on a shared machine: a good part of a core, never more
     assert meter.last is second
+
+
+def test_pss_reads_are_rationed_new_instances_first_then_the_least_recently_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`smaps_rollup` costs up to a millisecond: 2 re-reads a tick here, a new instance read at once."""
+    reads: list[int] = []
+
+    def counted(pid: int) -> float:
+        reads.append(pid)
+        return float(pid)
+
+    monkeypatch.setattr(usage, "proc_memory", counted)
+    meter = UsageMeter(pss_reads_per_tick=2)
+    targets = [Target(f"i{pid}", KEY, pid, None) for pid in (os.getpid(), 1, 2, 3, 4)]
+    assert meter.measure(targets, None)[KEY].memory_bytes == float(os.getpid() + 10)
+    assert len(reads) == 5, "every instance without a figure is read"
+    reads.clear()
+    for _ in range(2):
+        assert meter.measure(targets, None)[KEY].memory_bytes == float(os.getpid() + 10), "the others' last PSS"
+    assert len(reads) == 4
+    assert len(set(reads)) == 4, "the least recently read first: no instance read twice before the rest"
+    reads.clear()
+    meter.measure([*targets, Target("new", KEY, 7, None)], None)
+    assert reads.count(7) == 1
+    assert len(reads) == 3
