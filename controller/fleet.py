@@ -123,6 +123,13 @@ class Fleet:
                 starting += instance.state is InstanceState.STARTING
         return ready, starting
 
+    def packages(self) -> tuple[set[str], set[str]]:
+        """(code packages an instance exists for, in any state; packages of the live versions): what the node
+        cache's janitor must keep, and what it keeps longest (`controller/codestore/nodecache.py`)."""
+        running = {instance.spec.package for instance in self._instances.values() if instance.spec.package}
+        live = {version.template.package for version in self._versions.values() if version.template.package}
+        return running, live
+
     def scaling_status(self, key: VersionKey) -> dict[str, Any]:
         version = self._versions.get(key)
         if version is None:

@@ -78,6 +78,21 @@ class NestClient:
             headers["content-length"] = str(size)
         return self._object("PUT", f"/api/v1/functions/{name}", content=archive, headers=headers)
 
+    def missing_chunks(self, digests: list[str]) -> list[str] | None:
+        """Which of these chunks the code store lacks; None from a Nest without the incremental upload API (an
+        older one: send the whole bundle with `deploy` instead)."""
+        response = self._request("POST", "/api/v1/uploads/missing", json={"chunks": digests})
+        if response.status_code in {404, 405}:
+            return None
+        raise_for_error(response)
+        missing: list[str] = response.json()["missing"]
+        return missing
+
+    def put_chunk(self, digest: str, data: bytes) -> dict[str, Any]:
+        """Upload one compressed chunk (the store checks its sha256 against `digest`)."""
+        headers = {"content-type": "application/octet-stream"}
+        return self._object("PUT", f"/api/v1/uploads/chunks/{digest}", content=data, headers=headers)
+
     def invoke(
         self,
         name: str,

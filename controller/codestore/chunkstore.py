@@ -9,9 +9,17 @@ sha256, and a `nest.yaml` at the root. Then it stores what it does not have yet:
     <root>/manifests/<xx>/<package digest>     canonical manifest JSON
 
 Writes go to a temporary name and are renamed into place, so a reader sees a whole file or none. Identical
-chunks across versions and functions are stored once. The control API serves both kinds read-only
-(`GET /api/v1/code/{manifests,chunks}/{digest}`, range requests included) so that instances on this or another
-node fetch them (`runtime/fetch.py`). Deploy time only: nothing here runs on a cold start.
+chunks across versions and functions are stored once, and need not be sent twice either: a client asks which of
+its chunks the store lacks (`missing`), uploads only those, each checked against its digest (`put_chunk`), then
+sends the manifest alone (a bundle with no chunks after it); `intake` then reads every chunk from disk and checks
+it exactly as if it had been uploaded (digest, decompression, file digests), and refuses the manifest with a 409
+naming the chunks that are absent. A chunk uploaded on its own, or confirmed present by `missing`, is "staged":
+`remove_unreferenced` keeps it for `STAGED_GRACE_S` though no manifest lists it yet, so a function deleted while
+another deploy is between its chunks and its manifest takes nothing that deploy relies on.
+
+The control API serves both kinds read-only (`GET /api/v1/code/{manifests,chunks}/{digest}`, range requests
+included) so that instances on this or another node fetch them (`runtime/fetch.py`); the upload side is
+`gateway/codeupload/`. Deploy time only: nothing here runs on a cold start.
 """
 
 from __future__ import annotations
@@ -21,27 +29,58 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nest.contracts.chunks import (
+    BUNDLE_MAGIC,
     DIGEST,
+    MAX_CHUNK_BYTES,
     STORE_FOLDERS,
     PackageLimits,
     PackageManifest,
     decompress,
     load_verified_manifest,
+    parse_manifest,
     split_bundle,
     store_path,
 )
-from nest.contracts.errors import InvalidInput, NotFound
+from nest.contracts.errors import Conflict, InvalidInput, NotFound
 from nest.contracts.manifest import MANIFEST_FILE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 VERIFY_THREADS = 2
+MAX_UPLOAD_CHUNK_BYTES = 2 * MAX_CHUNK_BYTES
+"""A compressed chunk is at most this big (the manifest's own bound on `size`)."""
+MAX_QUERY_DIGESTS = 4096
+"""Digests one `missing` call may ask about: a package at the 512 MiB unpacked limit has at most ~520 chunks."""
+STAGED_GRACE_S = 3600.0
+"""How long a staged chunk (uploaded alone, or confirmed by `missing`) outlives garbage collection unreferenced:
+far longer than a deploy takes between asking, uploading and sending its manifest."""
+MAX_STAGED = 100_000
+"""Staged digests remembered at once; past this, expired ones are forgotten first."""
+
+
+class MissingChunks(Conflict):
+    """A manifest sent alone lists chunks the store does not have: upload them, then send the manifest again."""
+
+    code = "missing_chunks"
+
+    def __init__(self, package: str, missing: list[tuple[int, str]]) -> None:
+        shown = ", ".join(digest for _, digest in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        super().__init__(
+            "package",
+            package[:12],
+            f"{len(missing)} of its chunks are not in the code store ({shown}); upload them with"
+            " PUT /api/v1/uploads/chunks/{digest}, then send the manifest again",
+        )
+        self.missing = [digest for _, digest in missing]
+        self.problems = [(f"chunks[{index}]", f"{digest} is not stored") for index, digest in missing]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +108,20 @@ class StoredPackage:
 class ChunkStore:
     """Chunks and manifests under `root`; `intake` runs in a thread (it hashes and decompresses)."""
 
-    def __init__(self, root: Path, *, limits: PackageLimits | None = None) -> None:
+    def __init__(
+        self, root: Path, *, limits: PackageLimits | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._root = root
         self._limits = limits or PackageLimits()
+        self._clock = clock
         self._lock = threading.Lock()
         self._pinned: collections.Counter[str] = collections.Counter()
         """Packages stored but not yet recorded as a version: `remove_unreferenced` must keep them."""
+        self._staged: dict[str, float] = {}
+        """Chunk digest -> until when `remove_unreferenced` keeps it though no manifest lists it."""
+        self.on_change: Callable[[], None] | None = None
+        """Called (from the calling thread) after a package was stored or files were removed: the node cache's
+        janitor sweeps then (`controller/codestore/nodecache.py`)."""
 
     def path_of(self, kind: str, digest: str) -> Path:
         """Where a stored object lives; `NotFound` for an unknown kind, a malformed or an absent digest."""
@@ -88,11 +135,61 @@ class ChunkStore:
     def has_manifest(self, digest: str) -> bool:
         return DIGEST.match(digest) is not None and (self._root / store_path("manifests", digest)).is_file()
 
+    def missing(self, digests: Sequence[str]) -> list[str]:
+        """Which of these chunks the store lacks, in the order asked (once each). Those it has are staged: the
+        deploy that asked will list them in its manifest without sending them, so GC must not take them first."""
+        if len(digests) > MAX_QUERY_DIGESTS:
+            raise InvalidInput("chunks", f"{len(digests)} digests, more than {MAX_QUERY_DIGESTS} in one query")
+        for index, digest in enumerate(digests):
+            if not isinstance(digest, str) or not DIGEST.match(digest):
+                raise InvalidInput(f"chunks[{index}]", f"{digest!r} is not a sha256 hex digest (64 lowercase hex)")
+        absent: list[str] = []
+        with self._lock:
+            for digest in dict.fromkeys(digests):
+                if (self._root / store_path("chunks", digest)).is_file():
+                    self._stage(digest)
+                else:
+                    absent.append(digest)
+        return absent
+
+    def put_chunk(self, digest: str, data: bytes) -> bool:
+        """Store one compressed chunk uploaded on its own, after checking its sha256 is `digest`; True if it was
+        new. Its codec and sizes are checked when a manifest lists it (`intake`), before anything is imported."""
+        if not DIGEST.match(digest):
+            raise InvalidInput("digest", f"{digest[:80]!r} is not a sha256 hex digest (64 lowercase hex)")
+        if not data:
+            raise InvalidInput("chunk", "the request body is empty (send the chunk's compressed bytes)")
+        if len(data) > MAX_UPLOAD_CHUNK_BYTES:
+            raise InvalidInput("chunk", f"{len(data)} bytes, more than a chunk's {MAX_UPLOAD_CHUNK_BYTES}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise InvalidInput("chunk", f"the body's sha256 is {actual}, not {digest} (upload it again)")
+        with self._lock:
+            written = self._put(self._root / store_path("chunks", digest), data)
+            self._stage(digest)
+        return written
+
+    def _stage(self, digest: str) -> None:
+        """Keep `digest` through GC for `STAGED_GRACE_S` (caller holds the lock)."""
+        now = self._clock()
+        if len(self._staged) >= MAX_STAGED:
+            self._staged = {d: until for d, until in self._staged.items() if until > now}
+            while len(self._staged) >= MAX_STAGED:  # all fresh: forget the oldest, they expire first anyway
+                del self._staged[next(iter(self._staged))]
+        self._staged.pop(digest, None)
+        self._staged[digest] = now + STAGED_GRACE_S
+
     def intake(self, body: bytes) -> StoredPackage:
-        manifest, _, chunks = split_bundle(body, limits=self._limits)
-        for index, (ref, chunk) in enumerate(zip(manifest.chunks, chunks, strict=True)):
-            if hashlib.sha256(chunk).hexdigest() != ref.digest:
-                raise InvalidInput("package", f"chunks[{index}]: sha256 does not match the manifest (upload again)")
+        """Verify and store a package: a whole bundle, or its manifest alone over chunks stored already (see the
+        module docstring). Either way every chunk is hashed and decompressed, and every file checked, first."""
+        manifest, uploaded = self._unbundle(body)
+        if uploaded is None:
+            chunks = self._read_stored(manifest)
+        else:
+            chunks = uploaded
+            for index, (ref, chunk) in enumerate(zip(manifest.chunks, chunks, strict=True)):
+                if hashlib.sha256(chunk).hexdigest() != ref.digest:
+                    raise InvalidInput("package", f"chunks[{index}]: sha256 does not match the manifest (upload again)")
         with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as workers:
             sizes = [chunk.raw_size for chunk in manifest.chunks]
             raws = list(workers.map(lambda data, size: decompress(manifest.codec, data, size), chunks, sizes))
@@ -101,11 +198,13 @@ class ChunkStore:
         digest = manifest.digest
         with self._lock:
             for ref, chunk in zip(manifest.chunks, chunks, strict=True):
+                # a manifest sent alone: its chunks were read and verified above; one a GC took since goes back
                 if self._put(self._root / store_path("chunks", ref.digest), chunk):
                     new_chunks += 1
                     new_bytes += len(chunk)
             self._put(self._root / store_path("manifests", digest), manifest.to_bytes())
             self._pinned[digest] += 1
+        self._changed()
         return StoredPackage(
             digest=digest,
             manifest_text=nest_yaml,
@@ -115,6 +214,43 @@ class ChunkStore:
             new_chunks=new_chunks,
             new_bytes=new_bytes,
         )
+
+    def _unbundle(self, body: bytes) -> tuple[PackageManifest, list[bytes] | None]:
+        """The checked manifest and the uploaded chunks, or None for them when the body is the manifest alone."""
+        head = len(BUNDLE_MAGIC) + 8
+        alone = len(body) >= head and int.from_bytes(body[len(BUNDLE_MAGIC) : head], "big") == len(body) - head
+        if body.startswith(BUNDLE_MAGIC) and alone:
+            manifest = parse_manifest(body[head:], limits=self._limits)
+            return manifest, ([] if not manifest.chunks else None)
+        manifest, _, chunks = split_bundle(body, limits=self._limits)
+        return manifest, chunks
+
+    def _read_stored(self, manifest: PackageManifest) -> list[bytes]:
+        """The manifest's chunks from disk, each verified; `MissingChunks` naming every one that is not there. A
+        stored chunk that no longer matches its digest (disk corruption) is deleted and counted missing: the
+        client's next `missing` query then asks for it again."""
+        chunks: list[bytes] = []
+        missing: list[tuple[int, str]] = []
+        for index, ref in enumerate(manifest.chunks):
+            path = self._root / store_path("chunks", ref.digest)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                missing.append((index, ref.digest))
+                continue
+            if hashlib.sha256(data).hexdigest() != ref.digest:
+                with self._lock:
+                    path.unlink(missing_ok=True)
+                missing.append((index, ref.digest))
+                continue
+            chunks.append(data)
+        if missing:
+            raise MissingChunks(manifest.digest, missing)
+        return chunks
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @staticmethod
     def _put(path: Path, data: bytes) -> bool:
@@ -141,22 +277,28 @@ class ChunkStore:
                 del self._pinned[digest]
 
     def remove_unreferenced(self, keep: set[str]) -> int:
-        """Delete manifests neither in `keep` nor pinned, and chunks no kept manifest lists; returns how many
-        files went. Instances are unaffected: they run from their node's cache."""
+        """Delete manifests neither in `keep` nor pinned, and chunks no kept manifest lists and none is staged;
+        returns how many files went. Instances are unaffected: they run from their node's cache. Temporary
+        (dot) names are writes in progress and never touched."""
         removed = 0
         with self._lock:
             keep = keep | set(self._pinned)
-            live: set[str] = set()
+            now = self._clock()
+            self._staged = {digest: until for digest, until in self._staged.items() if until > now}
+            live: set[str] = set(self._staged)
             for path in sorted((self._root / STORE_FOLDERS["manifests"]).glob("??/*")):
+                if path.name.startswith("."):
+                    continue
                 if path.name in keep:
                     live.update(chunk.digest for chunk in load_verified_manifest(path.read_bytes()).chunks)
                 else:
                     path.unlink()
                     removed += 1
             for path in sorted((self._root / STORE_FOLDERS["chunks"]).glob("??/*")):
-                if path.name not in live:
+                if not path.name.startswith(".") and path.name not in live:
                     path.unlink()
                     removed += 1
+        self._changed()
         return removed
 
 

@@ -29,14 +29,22 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from nest.cli.packaging import PackagingError, build_package
+from nest.cli.packaging import BuiltPackage, PackagingError, build_for_deploy
 from nest.cli.pools import pools
 from nest.cli.scale import scale_app
 from nest.cli.tasks import async_app, dlq_app, tasks_app
 from nest.cli.templates import HANDLERS, render
+from nest.cli.upload import UploadReport, upload_package
 from nest.client import DEFAULT_URL, ClientError, NestClient
 from nest.contracts.errors import InvalidInput
-from nest.contracts.manifest import NAME_PATTERN, ManifestError, json_schema, parse_manifest, validate_name
+from nest.contracts.manifest import (
+    NAME_PATTERN,
+    ManifestError,
+    json_schema,
+    parse_manifest,
+    parse_size,
+    validate_name,
+)
 from nest.contracts.pools import PoolSettings, PoolsFileError, parse_pools
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nest: deploy Python functions, run them on demand.")
@@ -49,7 +57,6 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PROGRESS_OVER_BYTES = 1024**2
-UPLOAD_PIECE = 64 * 1024
 
 
 class Output(StrEnum):
@@ -124,6 +131,14 @@ def up(
             " are named PREFIX_..., default NEST) instead of the embedded SQLite queue",
         ),
     ] = None,
+    code_cache_size: Annotated[
+        str,
+        typer.Option(
+            metavar="SIZE",
+            help="Budget of the node's unpacked-package cache (e.g. 500Mi, 2Gi); least recently used packages no"
+            " instance runs are evicted past it",
+        ),
+    ] = "2Gi",
 ) -> None:
     """Run gateway, autoscaler, controller and instances in the foreground. Ctrl-C drains and stops."""
     from nest.wiring.embedded import EmbeddedConfig, serve
@@ -133,6 +148,10 @@ def up(
     pools = _declared_pools(pools_file, pool or [])
     if metrics_grpc is not None and not _is_listen_address(metrics_grpc):
         fail(f"--metrics-grpc {metrics_grpc!r}: expected HOST:PORT (e.g. 0.0.0.0:9090) or unix:PATH")
+    try:
+        code_cache_bytes = parse_size(code_cache_size)
+    except ValueError as exc:
+        fail(f"--code-cache-size: {exc}")
     if queue is not None and not queue.startswith(("nats://", "tls://")):
         fail(f"--queue {queue!r}: expected a NATS URL such as nats://127.0.0.1:4222 (JetStream enabled)")
     config = EmbeddedConfig(
@@ -144,6 +163,7 @@ def up(
         pools=pools,
         pools_file=pools_file.resolve() if pools_file is not None else None,
         metrics_grpc=metrics_grpc,
+        code_cache_bytes=code_cache_bytes,
         async_config=AsyncConfig(
             webhook_secret, allow_private_webhooks, nats_url, lease_margin_s=lease_margin, queue_url=queue
         ),
@@ -204,20 +224,16 @@ def init(
     out.print(f"created {target}/nest.yaml and main.py; deploy with: nest deploy {target}")
 
 
-def _upload(client: NestClient, name: str, package: bytes) -> dict[str, Any]:
-    if len(package) <= PROGRESS_OVER_BYTES:
-        return client.deploy(name, package)
+def _upload(client: NestClient, name: str, package: BuiltPackage) -> tuple[dict[str, Any], UploadReport]:
+    """Only the chunks the store lacks, then the manifest (`nest/cli/upload.py`); a bar when that is a lot."""
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(f"uploading {name}", total=len(package))
+        task = progress.add_task(f"uploading {name}", total=None, visible=False)
 
-        def pieces() -> Any:
-            for offset in range(0, len(package), UPLOAD_PIECE):
-                piece = package[offset : offset + UPLOAD_PIECE]
-                progress.advance(task, len(piece))
-                yield piece
+        def planned(total: int) -> None:
+            progress.update(task, total=total, completed=0, visible=total > PROGRESS_OVER_BYTES)
 
-        return client.deploy(name, pieces(), size=len(package))
+        return upload_package(client, name, package, advance=lambda n: progress.advance(task, n), planned=planned)
 
 
 @app.command()
@@ -230,20 +246,24 @@ def deploy(
         fail(f"{manifest_path}: not found (create one with `nest init NAME`)")
     try:
         manifest = parse_manifest(manifest_path.read_bytes())
-        package = build_package(directory)
+        package = build_for_deploy(directory)
     except ManifestError as exc:
         fail("nest.yaml: " + "; ".join(f"{f}: {m}" if f else m for f, m in exc.problems))
     except PackagingError as exc:
         fail(str(exc))
     client = client_for(url)
     try:
-        result = _upload(client, manifest.name, package)
+        result, report = _upload(client, manifest.name, package)
     except ClientError as exc:
         fail(str(exc))
     state = "new" if result.get("created") else "unchanged"
     out.print(f"deployed {result['name']} version {result['version']} ({state})")
     if isinstance(stored := result.get("package"), dict):
-        out.print(f"package: {stored['chunks']} chunks, {stored['new_chunks']} new ({stored['new_bytes']} B stored)")
+        new_chunks, new_bytes = stored["new_chunks"], stored["new_bytes"]
+        if report.incremental:  # sent one by one before the manifest: the store saw them as new then
+            new_chunks, new_bytes = report.sent_chunks, report.sent_chunk_bytes
+        out.print(f"package: {stored['chunks']} chunks, {new_chunks} new ({new_bytes} B stored)")
+    out.print(report.line())
     out.print(f"url: {result['url']}")
 
 

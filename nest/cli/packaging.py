@@ -122,14 +122,22 @@ def build_chunked(directory: Path, *, codec: Codec, layout: Layout = Layout.TREE
     return BuiltPackage(PackageManifest(codec, refs, entries, tuple(links), layout), chunks)
 
 
-def build_package(directory: Path, *, max_bytes: int = MAX_PACKAGE_BYTES, codec: Codec | None = None) -> bytes:
-    """The upload body for `directory`, compressed with `codec` or nest.yaml's `package.codec`."""
+def build_for_deploy(
+    directory: Path, *, max_bytes: int = MAX_PACKAGE_BYTES, codec: Codec | None = None
+) -> BuiltPackage:
+    """The package of `directory`, compressed with `codec` or nest.yaml's `package.codec`; `nest deploy` then
+    uploads only the chunks the store lacks (`nest/cli/upload.py`)."""
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackagingError(f"{directory}: no nest.yaml here (create one with `nest init`)")
     settings = parse_manifest(manifest_path.read_bytes()).package
     codec = codec or Codec(settings.codec)
-    data = build_chunked(directory, codec=codec, layout=Layout(settings.layout)).bundle()
-    if len(data) > max_bytes:
+    built = build_chunked(directory, codec=codec, layout=Layout(settings.layout))
+    if sum(chunk.size for chunk in built.manifest.chunks) > max_bytes:
         raise PackagingError(f"the package is larger than {max_bytes // 1024**2} MiB; add a .nestignore")
-    return data
+    return built
+
+
+def build_package(directory: Path, *, max_bytes: int = MAX_PACKAGE_BYTES, codec: Codec | None = None) -> bytes:
+    """The whole upload body for `directory` (manifest and every chunk), as older Nests take it."""
+    return build_for_deploy(directory, max_bytes=max_bytes, codec=codec).bundle()

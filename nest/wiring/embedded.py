@@ -25,11 +25,13 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from autoscaler.loop import Autoscaler
 from controller.backends.local import LocalBackend, LocalBackendConfig
+from controller.codestore.cachejanitor import DEFAULT_BUDGET_BYTES, CacheJanitor, NodeCache
 from controller.fleet import Fleet
 from controller.functions import FunctionService, ServiceConfig
 from controller.pooling import PoolCollector
 from controller.store.sqlite import SqliteStore
 from gateway.app import GatewayApp, GatewayCollector
+from gateway.codeupload.api import CodeUploadApi
 from gateway.metrics_service import MetricsServer, TrafficLedger
 from gateway.proxy import FunctionProxy, ProxyConfig
 from gateway.routing import RoutingTable
@@ -68,6 +70,8 @@ class EmbeddedConfig:
     metrics_grpc: str | None = None
     """`nest up --metrics-grpc HOST:PORT`: also serve the gateway's traffic over gRPC for remote autoscalers."""
     async_config: AsyncConfig = field(default_factory=AsyncConfig)
+    code_cache_bytes: int = DEFAULT_BUDGET_BYTES
+    """`nest up --code-cache-size`: the node's unpacked-package cache is kept within it (cachejanitor.py)."""
 
 
 def _check_ports(
@@ -122,7 +126,7 @@ async def run(config: EmbeddedConfig) -> None:
         registry=registry,
         ready=lambda: state["ready"],
         max_package_bytes=config.max_package_bytes,
-        extra_routes=invocations.routes(),
+        extra_routes=[*invocations.routes(), *CodeUploadApi(service.chunks).routes()],
         async_submit=invocations.api.asgi_submit,
     )
     server = gateway_server(config, app)
@@ -136,6 +140,9 @@ async def run(config: EmbeddedConfig) -> None:
                 group.create_task(autoscaler.run(), name="autoscaler"),
             ]
             background.append(group.create_task(invocations.worker.run(), name="deliveries"))
+            background.append(
+                group.create_task(code_cache_janitor(config, data_dir, fleet, service).run(), name="cache")
+            )
             dispatching = group.create_task(invocations.dispatcher.run(), name="dispatcher")
             if metrics_server is not None:
                 background.append(group.create_task(metrics_server.run(), name="metrics-grpc"))
@@ -233,6 +240,13 @@ def local_backend(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, registry
     fleet.backend = local
     registry.register(PoolCollector(local.warm_pools))
     return local
+
+
+def code_cache_janitor(config: EmbeddedConfig, data_dir: Path, fleet: Fleet, service: FunctionService) -> CacheJanitor:
+    """Keeps `<data_dir>/cache` within `--code-cache-size`; the code store pokes it after a deploy or delete."""
+    janitor = CacheJanitor(NodeCache(data_dir / "cache"), budget_bytes=config.code_cache_bytes, packages=fleet.packages)
+    service.chunks.on_change = janitor.poke
+    return janitor
 
 
 def watch_pools_file(path: Path, backend: LocalBackend, group: asyncio.TaskGroup) -> None:

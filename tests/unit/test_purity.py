@@ -21,6 +21,7 @@ PURE_MODULES = [
     "gateway/asyncq/retry.py",
     "gateway/asyncq/aimd.py",
     "gateway/asyncq/fairness.py",
+    "controller/codestore/nodecache.py",
 ]
 ALLOWED_IMPORTS = {"__future__", "math", "dataclasses", "enum", "typing", "collections.abc"}
 ALLOWED_IMPORTS |= {"bisect", "functools", "datetime", "zoneinfo", "croniter"}
