@@ -7,7 +7,10 @@ outbox before the task is settled. `DeliveryWorker` sends what is due, retrying 
 Webhooks and callbacks are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
 `webhook-signature`), so receivers can verify them with any Standard Webhooks library and the secret `nest up`
 prints the location of. Before connecting, every address the host resolves to is checked
-(`records.forbidden_address`); redirects are not followed.
+(`records.forbidden_address`), and the request then goes to one of those checked addresses, not to the name:
+a second resolution by the HTTP client could answer differently (DNS rebinding: a public address for the check,
+127.0.0.1 for the connection). The original host travels in `Host` and, for https, as the TLS server name, so
+virtual hosting and certificate verification see the name. Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -40,17 +43,42 @@ from gateway.asyncq.tasks import NewTask, TaskStatus
 from nest.contracts.model import AsyncSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from gateway.asyncq.delivery.outbox import Pending, SqliteOutbox
     from gateway.asyncq.delivery.records import Delivery
     from gateway.asyncq.tasks import Outcome, Task, TaskQueue
+
+    Resolver = Callable[[str, int], Awaitable[list[str]]]
+    """Host and port to the addresses (IP literals) it resolves to."""
 
 logger = logging.getLogger("nest.asyncq.delivery")
 
 MAX_ATTEMPTS = 8
 TIMEOUT_S = 10.0
 BATCH = 32
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The stream addresses `host` resolves to, in the resolver's order (first preferred)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """`url` aimed at `address` (an IP literal): the URL to request, its Host header and httpx extensions.
+
+    E.g. ("https://hooks.example.com:8443/x?y", "203.0.113.7") -> "https://203.0.113.7:8443/x?y",
+    {"host": "hooks.example.com:8443"}, {"sni_hostname": "hooks.example.com"}.
+    """
+    parts = urlsplit(url)
+    hostname = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    shown_host = f"[{hostname}]" if ":" in hostname else hostname
+    host = f"{shown_host}:{parts.port}" if parts.port else shown_host
+    extensions: dict[str, Any] = {"sni_hostname": hostname} if parts.scheme == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"host": host}, extensions
 
 
 class SpecSource(Protocol):
@@ -116,8 +144,10 @@ class DeliveryWorker:
         on_submitted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         idle_s: float = 1.0,
+        resolver: Resolver = resolve,
     ) -> None:
         self._outbox = outbox
+        self._resolve = resolver
         self._queue = queue
         self._specs = specs
         self._signer = Webhook(secret)
@@ -183,7 +213,8 @@ class DeliveryWorker:
             await self._publish(delivery)
 
     async def _post(self, delivery: Delivery) -> None:
-        await self._check_target(delivery.target)
+        address = await self._check_target(delivery.target)
+        url, host, extensions = pinned(delivery.target, address)
         timestamp = datetime.now(UTC)
         signature = self._signer.sign(delivery.id, timestamp, delivery.body.decode("utf-8", errors="replace"))
         headers = {
@@ -192,24 +223,30 @@ class DeliveryWorker:
             "webhook-id": delivery.id,
             "webhook-timestamp": str(int(timestamp.timestamp())),
             "webhook-signature": signature,
+            **host,
         }
-        response = await self._http.post(delivery.target, content=delivery.body, headers=headers)
+        request = self._http.build_request("POST", url, content=delivery.body, headers=headers, extensions=extensions)
+        response = await self._http.send(request)
         if response.status_code >= 300:
             raise RuntimeError(f"{delivery.target} answered {response.status_code}")
 
-    async def _check_target(self, url: str) -> None:
+    async def _check_target(self, url: str) -> str:
+        """The address to connect to: every address the host resolves to must pass the SSRF guard."""
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise DeliveryRefused(f"{url!r} is not an http(s) URL")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            addresses = await self._resolve(parts.hostname, port)
         except socket.gaierror as exc:
             raise RuntimeError(f"cannot resolve {parts.hostname}: {exc}") from None
-        for info in infos:
-            reason = forbidden_address(str(info[4][0]), allow_private=self._allow_private)
+        if not addresses:
+            raise RuntimeError(f"cannot resolve {parts.hostname}: no address")
+        for address in addresses:
+            reason = forbidden_address(address, allow_private=self._allow_private)
             if reason is not None:
                 raise DeliveryRefused(f"{parts.hostname}: {reason}")
+        return addresses[0]
 
     async def _submit(self, delivery: Delivery) -> None:
         if self._specs.async_spec(delivery.target) is None:
