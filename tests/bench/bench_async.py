@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
 from tests.integration.conftest import start_platform, stop_platform
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ class Nest:
             what="a warm instance",
         )
         self.port = int(platform.url.rsplit(":", 1)[1])
+        self.queue = queue
         self.db_path = None if queue else platform.data_dir / "tasks.db"
         self.throughput(500, 16)  # warm-up
 
@@ -266,6 +268,18 @@ class Nest:
 
     def close(self) -> None:
         stop_platform(self.platform)
+        if self.queue:
+            asyncio.run(_destroy(self.queue))
+
+
+async def _destroy(url: str) -> None:
+    """Delete the bench's own streams and buckets (its prefix is unique to the run), leaving the server as found."""
+    queue = JetStreamTaskQueue.from_url(url)
+    await queue.open()
+    try:
+        await queue.destroy()
+    finally:
+        await queue.close()
 
 
 # Celery
