@@ -11,27 +11,27 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 THREAD_STACK_BYTES = 8 * 1024**2
 MALLOC_ARENAS_BYTES = 2 * 64 * 1024**2
 """glibc reserves 64 MiB of address space per malloc arena; the backend sets MALLOC_ARENA_MAX=2."""
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+"""Looked up once, at import (in the zygote): a `ctypes.CDLL` per call builds a new function-pointer class each
+time, which in a forked instance copies ~20 pages of the zygote's memory."""
+
+
 def die_with_parent() -> None:
     """Linux: SIGKILL this process when the platform process dies, so nothing outlives `nest up`."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-PR_SET_NAME = 15
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def set_process_name(name: str) -> None:
     """What `ps -o comm` and /proc/PID/comm show (15 bytes): `nest:hello` for an instance, `nest-zygote`."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    if _prctl is not None:
+        _prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def virtual_size() -> int:

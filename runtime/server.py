@@ -209,8 +209,9 @@ class InvocationApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, wait: bool = False) -> None:
+        """Stop the handler threads (`wait`: until they have ended)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 async def _read_body(receive: Receive) -> bytes:

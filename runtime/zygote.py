@@ -29,9 +29,11 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -43,7 +45,7 @@ import uvicorn.protocols.websockets.auto
 import runtime.main
 from runtime.config import RuntimeConfig, parse_args
 from runtime.limits import die_with_parent, set_process_name
-from runtime.rehearsal import rehearse
+from runtime.rehearsal import rehearse, settle
 
 MESSAGE_MAX = 256 * 1024
 REPARENT_WAIT_S = 1.0
@@ -109,13 +111,15 @@ def _specialize(claim: dict[str, Any], status_fd: int, log_fd: int) -> int:
 OPTION_FIELDS = {"--timeout": "timeout_s"}
 FLAGS = {"--debug": ("debug", True), "--no-memory-rlimit": ("memory_rlimit", False)}
 FIELD_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
+FIELD_KINDS = {item.name: FIELD_TYPES.get(str(item.type)) for item in dataclasses.fields(RuntimeConfig)}
+"""Each `RuntimeConfig` field's type, worked out once in the zygote rather than in every instance."""
 
 
 def runtime_config(argv: list[str]) -> RuntimeConfig:
     """`parse_args(argv)` without argparse for the arguments the backend builds: argparse touches ~1 MiB of
     the zygote's pages on its first use in a child (copy-on-write: memory per instance and ~0.5 ms). Anything
     unexpected falls back to `parse_args`, so errors read the same."""
-    types = {item.name: FIELD_TYPES.get(str(item.type)) for item in dataclasses.fields(RuntimeConfig)}
+    types = FIELD_KINDS
     values: dict[str, Any] = {}
     index = 0
     while index < len(argv):
@@ -156,15 +160,15 @@ def _become_instance(request: dict[str, Any], fds: list[int], closing: list[sock
 
 
 def _become_idle(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
-    """A generic instance forked ahead of need: detach, announce, then wait for the platform to claim it with a
-    function (its arguments, environment, working directory and log file). Never returns."""
+    """A generic instance forked ahead of need: detach, rehearse, announce, then wait for the platform to claim it
+    with a function (its arguments, environment, working directory and log file). Never returns."""
     status_fd, claim_fd = fds
     code = 70
     try:
         _detach(request, closing)
         set_process_name("nest-idle")
         try:
-            rehearse()
+            rehearse(request["_scratch"])
         except Exception as exc:  # the instance still works, its first request is only slower
             os.write(2, f"idle instance rehearsal failed: {exc!r}\n".encode())
         os.write(status_fd, json.dumps({"event": "forked", "pid": os.getpid(), "idle": True}).encode() + b"\n")
@@ -188,9 +192,10 @@ def _marks(request: dict[str, Any]) -> dict[str, float]:
     return marks
 
 
-def _spawn(request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
+def _spawn(request: dict[str, Any], fds: list[int], closing: list[socket.socket], scratch: str) -> None:
     """Double fork, so the instance is re-parented to the platform (its subreaper), not kept by us."""
     request["_marks"] = {"received": time.time()}
+    request["_scratch"] = scratch
     become = _become_idle if request.get("idle") else _become_instance
     child = os.fork()
     if child == 0:
@@ -219,6 +224,22 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     for module in preload:
         importlib.import_module(module)
     _warm_up()
+    signal.signal(signal.SIGTERM, _stop)  # the platform stops us with SIGTERM: exit through the `finally` below
+    # A private directory for the rehearsals' sockets (`runtime/rehearsal.py`): made once, so that no instance
+    # pays for the temporary-file machinery; removed when the zygote stops.
+    scratch = tempfile.mkdtemp(prefix="nest-rehearsal-")
+    try:
+        settle(scratch)
+        return _serve(control_path, status_fd, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _serve(control_path: str, status_fd: int, scratch: str) -> int:
     # The zygote runs with the collector off from its first line (`controller/warmpool.py` starts it so) and is
     # frozen without a collection: a collection would free objects and leave holes in shared pages that every
     # child's allocations then fill, copying the page (the `gc.freeze` recipe in Python's documentation).
@@ -243,7 +264,7 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        _spawn(json.loads(message), list(fds), [connection])
+        _spawn(json.loads(message), list(fds), [connection], scratch)
 
 
 def main() -> int:
