@@ -22,19 +22,20 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from nest.contracts.chunks import Layout, decompress
+from nest.contracts.chunks import Codec, Layout, decompress_into
 from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nest.contracts.chunks import ChunkRef, PackageManifest
+    from nest.contracts.chunks import Bytes, ChunkRef, PackageManifest
 
 
 THREADS = 4
@@ -47,8 +48,9 @@ class ChunkSource(Protocol):
 
     def manifest(self, digest: str) -> PackageManifest: ...
 
-    def chunk(self, ref: ChunkRef) -> bytes:
-        """The chunk's compressed bytes, digest already verified."""
+    def chunk(self, ref: ChunkRef, buffer: bytearray | None = None) -> Bytes:
+        """The chunk's compressed bytes, digest already verified; received into `buffer` (at least `ref.size`
+        bytes, reused by the caller from chunk to chunk) if the source can."""
         ...
 
 
@@ -107,29 +109,18 @@ def _materialise(code_dir: Path, digest: str, source: ChunkSource, threads: int,
     fetched: list[float] = [time.monotonic()]
     try:
         if manifest.layout is Layout.ARCHIVE:
-            write: Callable[[int, bytes], None] = _ArchiveWriter(manifest, staging)
+            archive = _ArchiveWriter(manifest, staging)
+            try:
+                _run(
+                    manifest, source, threads, archive, functools.partial(write_index, str(staging), manifest), fetched
+                )
+            finally:
+                archive.close()
+            _seal_archive(staging)
         else:
-            plan = _prepare(manifest, staging)
-            write = functools.partial(_write_chunk, staging, plan)
-
-        def one(index: int) -> None:
-            ref = manifest.chunks[index]
-            data = source.chunk(ref)
-            fetched.append(time.monotonic())
-            write(index, decompress(manifest.codec, data, ref.raw_size))
-
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.chunks)))) as workers:
-                list(workers.map(one, range(len(manifest.chunks))))
-        finally:
-            if isinstance(write, _ArchiveWriter):
-                write.close()
-        if manifest.layout is Layout.ARCHIVE:
-            _seal_archive(staging, manifest)
-        else:
-            for link in manifest.links:
-                os.symlink(link.target, staging / link.path)
-            _seal(staging, plan)
+            tree = _TreeWriter(manifest, staging)
+            _run(manifest, source, threads, tree, tree.prepare, fetched)
+            tree.seal()
         os.rename(staging, code_dir)
     except BaseException:
         _make_writable(staging)
@@ -137,6 +128,51 @@ def _materialise(code_dir: Path, digest: str, source: ChunkSource, threads: int,
         raise
     fetch_ms = (max(fetched) - started) * 1000
     return Materialised(code_dir, round(fetch_ms, 2), round(_ms_since(started) - fetch_ms, 2), cached=False)
+
+
+def _run(
+    manifest: PackageManifest,
+    source: ChunkSource,
+    threads: int,
+    write: Callable[[int, Bytes], None],
+    prepare: Callable[[], None],
+    fetched: list[float],
+) -> None:
+    """Fetch, decompress and `write` every chunk in `threads` workers, while this thread runs `prepare` (the
+    archive's index, the tree's directories): no chunk is written before it is done. Each worker reuses one
+    buffer for what it receives and one for what it decompresses (fresh memory costs a page fault per 4 KiB:
+    `decompress_into`). The first failure cancels the chunks not started yet and is raised."""
+    prepared, abandoned = threading.Event(), threading.Event()
+    local = threading.local()
+    most = max((ref.size for ref in manifest.chunks), default=0)
+    most_raw = max((ref.raw_size for ref in manifest.chunks), default=0)
+
+    def one(index: int) -> None:
+        ref = manifest.chunks[index]
+        if not hasattr(local, "received"):
+            local.received = bytearray(most)
+            local.raw = memoryview(bytearray(0 if manifest.codec is Codec.NONE else most_raw))
+        data = source.chunk(ref, local.received)
+        fetched.append(time.monotonic())
+        raw = decompress_into(manifest.codec, data, ref.raw_size, local.raw)
+        prepared.wait()
+        if not abandoned.is_set():
+            write(index, raw)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.chunks)))) as workers:
+        futures = [workers.submit(one, index) for index in range(len(manifest.chunks))]
+        try:
+            prepare()
+            prepared.set()
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # raises a failure
+        except BaseException:
+            abandoned.set()
+            prepared.set()
+            for future in futures:
+                future.cancel()
+            raise
 
 
 class _ArchiveWriter:
@@ -148,7 +184,7 @@ class _ArchiveWriter:
         os.ftruncate(self._descriptor, manifest.unpacked_bytes)
         self._starts = manifest.chunk_starts()
 
-    def __call__(self, index: int, raw: bytes) -> None:
+    def __call__(self, index: int, raw: Bytes) -> None:
         view, position = memoryview(raw), self._starts[index]
         while view:
             written = os.pwrite(self._descriptor, view, position)
@@ -158,8 +194,7 @@ class _ArchiveWriter:
         os.close(self._descriptor)
 
 
-def _seal_archive(staging: Path, manifest: PackageManifest) -> None:
-    write_index(str(staging), manifest)
+def _seal_archive(staging: Path) -> None:
     for name in (ARCHIVE_FILE, ARCHIVE_INDEX):
         os.chmod(staging / name, 0o444)
     os.chmod(staging, 0o555)
@@ -189,26 +224,43 @@ def _prepare(manifest: PackageManifest, staging: Path) -> _Plan:
     return plan
 
 
-def _write_chunk(staging: Path, plan: _Plan, index: int, raw: bytes) -> None:
-    view = memoryview(raw)
-    for piece in plan.pieces[index]:
-        data = view[piece.chunk_offset : piece.chunk_offset + piece.length]
-        path = staging / piece.path
-        if piece.shared:
-            descriptor = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+class _TreeWriter:
+    """The tree layout: `prepare` makes the directories, empty files and files spanning chunks and lists each
+    chunk's pieces; then each chunk's files are written by the worker that decompressed it."""
+
+    def __init__(self, manifest: PackageManifest, staging: Path) -> None:
+        self._manifest, self._staging = manifest, staging
+        self._plan = _Plan([])
+
+    def prepare(self) -> None:
+        self._plan = _prepare(self._manifest, self._staging)
+
+    def __call__(self, index: int, raw: Bytes) -> None:
+        view = memoryview(raw)
+        for piece in self._plan.pieces[index]:
+            data = view[piece.chunk_offset : piece.chunk_offset + piece.length]
+            path = self._staging / piece.path
+            if piece.shared:
+                descriptor = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    while data:
+                        written = os.pwrite(descriptor, data, piece.file_offset)
+                        data, piece.file_offset = data[written:], piece.file_offset + written
+                finally:
+                    os.close(descriptor)
+                continue
+            descriptor = os.open(path, _WRITE, piece.mode)
             try:
                 while data:
-                    written = os.pwrite(descriptor, data, piece.file_offset)
-                    data, piece.file_offset = data[written:], piece.file_offset + written
+                    data = data[os.write(descriptor, data) :]
             finally:
                 os.close(descriptor)
-            continue
-        descriptor = os.open(path, _WRITE, piece.mode)
-        try:
-            while data:
-                data = data[os.write(descriptor, data) :]
-        finally:
-            os.close(descriptor)
+
+    def seal(self) -> None:
+        """Symlinks last (no write can go through one), then read-only."""
+        for link in self._manifest.links:
+            os.symlink(link.target, self._staging / link.path)
+        _seal(self._staging, self._plan)
 
 
 def _seal(staging: Path, plan: _Plan) -> None:

@@ -32,6 +32,7 @@ import json
 import posixpath
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -184,6 +185,9 @@ def layout(files: list[tuple[str, int]]) -> tuple[list[tuple[int, int]], list[in
     return places, sizes
 
 
+Bytes = bytes | bytearray | memoryview
+
+
 def compress(codec: Codec, raw: bytes) -> bytes:
     if codec is Codec.ZSTD:
         return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(raw)
@@ -192,7 +196,7 @@ def compress(codec: Codec, raw: bytes) -> bytes:
     return bytes(lz4.frame.compress(raw, compression_level=LZ4_LEVEL, store_size=True, content_checksum=False))
 
 
-def decompress(codec: Codec, data: bytes, raw_size: int) -> bytes:
+def decompress(codec: Codec, data: Bytes, raw_size: int) -> bytes:
     """One chunk's raw bytes; never more than `raw_size` (the bomb guard), else `InvalidInput`."""
     try:
         if codec is Codec.NONE:
@@ -212,6 +216,62 @@ def decompress(codec: Codec, data: bytes, raw_size: int) -> bytes:
     if len(raw) != raw_size:
         raise InvalidInput("package", f"a chunk unpacks to {len(raw)} bytes, the manifest says {raw_size}")
     return bytes(raw)
+
+
+def decompress_into(codec: Codec, data: Bytes, raw_size: int, scratch: memoryview) -> Bytes:
+    """One chunk's raw bytes, checked as `decompress` checks them, but decoded into `scratch` (at least `raw_size`
+    bytes, reused by the caller): zstd decodes a frame that declares its content size in one pass straight into it,
+    lz4 in pieces copied into it (`_lz4_into`); `none` returns the input itself.
+
+    Why: on this VM a page of fresh memory costs a fault (~2 us a 4 KiB page), so decoding 20 MB into new buffers
+    took 17 ms against 8 ms into one reused buffer (bench_code_fetch's cold start is that loop, in 2-4 threads).
+    """
+    if codec is Codec.NONE:
+        if len(data) != raw_size:
+            raise InvalidInput("package", f"a chunk holds {len(data)} bytes, the manifest says {raw_size}")
+        return data
+    if codec is Codec.LZ4:
+        return _lz4_into(data, raw_size, scratch)
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared != raw_size:
+            raise InvalidInput("package", f"a {codec} chunk declares {declared} bytes, the manifest {raw_size}")
+        output = scratch[:raw_size]
+        decoder = getattr(_PER_THREAD, "zstd", None)
+        if decoder is None:  # one per thread: a decompressor's context is not shared safely
+            decoder = _PER_THREAD.zstd = zstandard.ZstdDecompressor()
+        with decoder.stream_reader(data) as reader:  # a whole frame of known size: one pass, no window buffer
+            size = reader.readinto(output)
+    except zstandard.ZstdError as exc:
+        raise InvalidInput("package", f"a chunk is not a valid {codec} frame: {exc}") from None
+    if size != raw_size:
+        raise InvalidInput("package", f"a chunk unpacks to {size} bytes, the manifest says {raw_size}")
+    return output
+
+
+def _lz4_into(data: Bytes, raw_size: int, scratch: memoryview) -> memoryview:
+    """lz4's binding decodes into new buffers only: pieces of `LZ4_PIECE` bytes, each copied into `scratch` while
+    it is in the CPU cache (6.5 ms for 20 MB here, against 16 ms decoding each ~1 MiB chunk into a new buffer)."""
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    position, pending = 0, data
+    try:
+        while not decompressor.eof:
+            piece, pending = decompressor.decompress(pending, max_length=LZ4_PIECE), b""
+            if position + len(piece) > raw_size:
+                raise InvalidInput("package", f"an lz4 chunk unpacks to more than its {raw_size} bytes")
+            if not piece and not decompressor.eof:
+                raise InvalidInput("package", "an lz4 chunk ends before its frame does")
+            scratch[position : position + len(piece)] = piece
+            position += len(piece)
+    except RuntimeError as exc:
+        raise InvalidInput("package", f"a chunk is not a valid lz4 frame: {exc}") from None
+    if position != raw_size:
+        raise InvalidInput("package", f"a chunk unpacks to {position} bytes, the manifest says {raw_size}")
+    return scratch[:raw_size]
+
+
+LZ4_PIECE = 256 * 1024
+_PER_THREAD = threading.local()
 
 
 def parse_manifest(data: bytes, *, limits: PackageLimits | None = None) -> PackageManifest:

@@ -10,8 +10,8 @@ materialises into a fresh cache directory (`runtime.unpack.ensure_package`, the 
 path) and imports the handler, which imports a few of the generated modules. Measured in the same run: the raw
 single-thread decompression rate of each codec over the same chunks (the reference), tarfile extraction of the
 same tree (what the layout avoids), materialising from memory (no network), fetching all chunks serially with
-http.client and with httpx, and the warm-cache check. Modes are interleaved; figures are medians. The handler's
-own import (compiling its modules) is reported apart: it costs the same in every mode.
+Nest's client, http.client and httpx, and the warm-cache check. Modes are interleaved; figures are medians. The
+handler's own import (compiling its modules) is reported apart: it costs the same in every mode.
 
 Targets (issue 4): end to end >= 0.5x the raw single-thread decompression rate; parallel >= 1.6x serial; the warm
 node cache adds <= 2 ms. Prints one JSON line.
@@ -22,6 +22,8 @@ Run: .venv/bin/python -m tests.bench.bench_code_fetch [--trials 7] [--megabytes 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
 import importlib
 import io
 import json
@@ -33,18 +35,22 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from nest.cli.packaging import BuiltPackage, build_chunked
-from nest.contracts.chunks import Codec, Layout, decompress
+from nest.contracts.chunks import Codec, Layout, decompress, decompress_into
 from runtime.archive import install, is_archive
 from runtime.fetch import HttpChunkSource, open_source
 from runtime.unpack import THREADS, ChunkSource, ensure_package
 from tests.fakes.chunk_source import FakeChunkSource
 from tests.integration.conftest import start_platform, stop_platform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 WORDS = [
     "self",
@@ -120,13 +126,20 @@ def cold_start(source: ChunkSource, digest: str, cache: Path, threads: int) -> t
 
 
 def raw_rate(built: BuiltPackage) -> float:
-    """MB/s of raw output decompressing every chunk in one thread (best of 3)."""
+    """MB/s of raw output decompressing every chunk in one thread, the better of `decompress` (a new buffer per
+    chunk, reused by the allocator in this loop) and `decompress_into` (one buffer): best of 3 each."""
     best = float("inf")
+    scratch = memoryview(bytearray(max(ref.raw_size for ref in built.manifest.chunks)))
+    codec = built.manifest.codec
     for _ in range(3):
-        started = time.perf_counter()
-        for ref, chunk in zip(built.manifest.chunks, built.chunks, strict=True):
-            decompress(built.manifest.codec, chunk, ref.raw_size)
-        best = min(best, time.perf_counter() - started)
+        for into in (False, True):
+            started = time.perf_counter()
+            for ref, chunk in zip(built.manifest.chunks, built.chunks, strict=True):
+                if into:
+                    decompress_into(codec, chunk, ref.raw_size, scratch)
+                else:
+                    decompress(codec, chunk, ref.raw_size)
+            best = min(best, time.perf_counter() - started)
     return built.manifest.unpacked_bytes / best / 1e6
 
 
@@ -158,26 +171,39 @@ def local_rate(built: BuiltPackage, scratch: Path) -> float:
 
 
 def fetch_rates(url: str, built: BuiltPackage) -> dict[str, float]:
-    """MB/s fetching every chunk serially on one keep-alive connection, http.client vs httpx (median of 3)."""
+    """MB/s fetching every chunk serially on one keep-alive connection (median of 5): Nest's client receiving
+    into one reused buffer (what `runtime/unpack.py` does) against http.client and httpx."""
     size = sum(ref.size for ref in built.manifest.chunks)
+    paths = [f"{urllib.parse.urlsplit(url).path}/chunks/{ref.digest}" for ref in built.manifest.chunks]
+
+    def rate(fetch_all: Callable[[], object]) -> float:
+        fetch_all()  # connect
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fetch_all()
+            times.append(time.perf_counter() - started)
+        return round(size / statistics.median(times) / 1e6, 1)
+
     rates: dict[str, float] = {}
+    buffer = bytearray(max(ref.size for ref in built.manifest.chunks))
     with HttpChunkSource(url) as source:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            for ref in built.manifest.chunks:
-                source.chunk(ref)
-            times.append(time.perf_counter() - started)
-        rates["http_client"] = size / statistics.median(times) / 1e6
+        rates["nest"] = rate(lambda: [source.chunk(ref, buffer) for ref in built.manifest.chunks])
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    try:
+
+        def with_http_client() -> None:
+            for path in paths:
+                connection.request("GET", path)
+                hashlib.sha256(connection.getresponse().read())
+
+        rates["http_client"] = rate(with_http_client)
+    finally:
+        connection.close()
     with httpx.Client(base_url=url) as client:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            for ref in built.manifest.chunks:
-                client.get(f"/chunks/{ref.digest}").raise_for_status()
-            times.append(time.perf_counter() - started)
-        rates["httpx"] = size / statistics.median(times) / 1e6
-    return {name: round(rate, 1) for name, rate in rates.items()}
+        rates["httpx"] = rate(lambda: [hashlib.sha256(client.get(path).raise_for_status().content) for path in paths])
+    return rates
 
 
 def deploy_all(url: str, tree: Path) -> dict[str, BuiltPackage]:

@@ -1,5 +1,7 @@
 """`FakeChunkSource`: a package's manifest and chunks from memory (the runtime's `ChunkSource` port), counting
-what was asked for; `delay_s` holds each manifest request so that two starters overlap."""
+what was asked for; `delay_s` holds each manifest request so that two starters overlap. A chunk is copied into
+the caller's buffer when one is given, as the real sources receive into it: a caller that kept a chunk's view
+past its next request would see another chunk's bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nest.contracts.chunks import ChunkRef, PackageManifest
+    from nest.contracts.chunks import Bytes, ChunkRef, PackageManifest
 
 
 class FakeChunkSource:
@@ -29,7 +31,11 @@ class FakeChunkSource:
             raise KeyError(digest)
         return self._manifest
 
-    def chunk(self, ref: ChunkRef) -> bytes:
+    def chunk(self, ref: ChunkRef, buffer: bytearray | None = None) -> Bytes:
         with self._lock:
             self.chunk_requests.append(ref.digest)
-        return self._chunks[ref.digest]
+        data = self._chunks[ref.digest]
+        if buffer is None or len(buffer) < len(data):
+            return data
+        buffer[: len(data)] = data
+        return memoryview(buffer)[: len(data)]

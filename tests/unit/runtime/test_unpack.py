@@ -75,7 +75,7 @@ def test_two_starters_of_one_version_fetch_it_once(tmp_path: Path) -> None:
 
 
 class _Broken(FakeChunkSource):
-    def chunk(self, ref: object) -> bytes:
+    def chunk(self, ref: object, buffer: bytearray | None = None) -> bytes:
         raise OSError("connection reset")
 
 
