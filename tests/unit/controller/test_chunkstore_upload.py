@@ -6,10 +6,11 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import pytest
+import zstandard
 
 from controller.codestore.chunkstore import MAX_QUERY_DIGESTS, STAGED_GRACE_S, ChunkStore, MissingChunks
 from nest.cli.packaging import build_chunked
-from nest.contracts.chunks import Codec, pack_bundle, store_path
+from nest.contracts.chunks import MAX_MANIFEST_BYTES, Codec, pack_bundle, store_path
 from nest.contracts.errors import InvalidInput
 from tests.unit.controller.test_chunkstore import sources
 
@@ -128,3 +129,17 @@ def test_the_store_tells_the_cache_janitor_after_a_deploy_and_a_clean_up(tmp_pat
     store.unpin(stored.digest)
     store.remove_unreferenced(set())
     assert calls == ["changed", "changed"]
+
+
+def test_a_compressed_manifest_is_inflated_within_the_bomb_guard(tmp_path: Path) -> None:
+    built = build_chunked(sources(tmp_path / "fn", files=3), codec=Codec.ZSTD)
+    store = ChunkStore(tmp_path / "store")
+    send_missing(store, built)
+    squeezed = zstandard.ZstdCompressor(level=6, write_content_size=True).compress(built.manifest.to_bytes())
+    assert store.intake(pack_bundle(squeezed, [])).digest == built.manifest.digest
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(built.manifest.to_bytes())
+    with pytest.raises(InvalidInput, match="declare a size"):
+        store.intake(pack_bundle(unsized, []))
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(InvalidInput, match="declare a size"):
+        store.intake(pack_bundle(bomb, []))
