@@ -201,7 +201,8 @@ def fetch_rates(url: str, built: BuiltPackage) -> dict[str, float]:
         rates["http_client"] = rate(with_http_client)
     finally:
         connection.close()
-    with httpx.Client(base_url=url) as client:
+    origin = f"{parsed.scheme}://{parsed.netloc}"
+    with httpx.Client(base_url=origin) as client:
         rates["httpx"] = rate(lambda: [hashlib.sha256(client.get(path).raise_for_status().content) for path in paths])
     return rates
 
