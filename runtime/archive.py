@@ -5,7 +5,9 @@ manifest. `ArchiveFinder` maps module names to byte ranges: `a/b/__init__.py` is
 `a.b.c`, a directory without `__init__.py` a namespace package, as the path finder would see the tree. Modules get
 the `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of
 the package (so `pkgutil.get_data` works); a plain `open()` of a package file, C extensions and directory symlinks
-need `layout: tree`. Source is compiled at import, as with the read-only tree (no bytecode is cached in either).
+need `layout: tree`. Compiled code is cached in the package's sidecar (`runtime/bytecode.py`), as for the tree:
+the loader looks the pyc up by the file's path in the package and checks it against the size the index holds,
+so a start that finds it reads no source at all.
 
 The finder sits just before the path finder on `sys.meta_path`: the function's modules shadow installed ones, as
 the tree's entry at the front of `sys.path` does, but never builtins or frozen modules.
@@ -23,9 +25,11 @@ import posixpath
 import sys
 from typing import TYPE_CHECKING
 
+from runtime.bytecode import BytecodeCache, sidecar_for
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import ModuleType
+    from types import CodeType, ModuleType
 
     from nest.contracts.chunks import PackageManifest
 
@@ -78,7 +82,7 @@ def install(code_dir: str) -> ArchiveFinder:
     """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder)."""
     with open(os.path.join(code_dir, ARCHIVE_INDEX), "rb") as file:
         ranges, modules = marshal.loads(file.read())  # marshal.load(file) reads piecemeal: 25x slower
-    finder = ArchiveFinder(code_dir, ranges, modules)
+    finder = ArchiveFinder(code_dir, ranges, modules, BytecodeCache(sidecar_for(code_dir)))
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)
     return finder
@@ -86,22 +90,35 @@ def install(code_dir: str) -> ArchiveFinder:
 
 class ArchiveFinder(importlib.abc.MetaPathFinder):
     def __init__(
-        self, code_dir: str, ranges: dict[str, tuple[int, int]], modules: dict[str, tuple[str | None, bool]]
+        self,
+        code_dir: str,
+        ranges: dict[str, tuple[int, int]],
+        modules: dict[str, tuple[str | None, bool]],
+        bytecode: BytecodeCache,
     ) -> None:
         self.code_dir = code_dir
         self._ranges, self._modules = ranges, modules
+        self.bytecode = bytecode
         with open(os.path.join(code_dir, ARCHIVE_FILE), "rb") as file:
             empty = os.fstat(file.fileno()).st_size == 0
             self._data = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def read(self, path: str) -> bytes:
         """The bytes of a package file, by absolute path or path inside the package; `FileNotFoundError` if none."""
+        start, size = self._range(path)
+        return bytes(self._data[start : start + size])
+
+    def code(self, path: str) -> CodeType:
+        """The compiled code of a package `.py` file, through the sidecar."""
+        relative = os.path.relpath(path, self.code_dir)
+        return self.bytecode.code(relative, path, self._range(path)[1], lambda: self.read(path))
+
+    def _range(self, path: str) -> tuple[int, int]:
         relative = os.path.relpath(path, self.code_dir) if os.path.isabs(path) else path
         found = self._ranges.get(relative)
         if found is None:
             raise FileNotFoundError(path)
-        start, size = found
-        return bytes(self._data[start : start + size])
+        return found
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -133,3 +150,6 @@ class ArchiveLoader(importlib.abc.SourceLoader):
 
     def get_data(self, path: str) -> bytes:
         return self._finder.read(path)
+
+    def get_code(self, fullname: str) -> CodeType:
+        return self._finder.code(self.path)

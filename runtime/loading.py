@@ -13,6 +13,8 @@ import sys
 import traceback
 from typing import Any
 
+from runtime.bytecode import install_tree, sidecar_for
+
 TRACEBACK_MAX = 8 * 1024
 
 
@@ -44,9 +46,14 @@ def _where(exc: BaseException, code_dir: str) -> str:
     return ""
 
 
-def load_handler(code_dir: str, handler: str, *, style: str) -> Any:
-    """Import `module:attribute` from `code_dir`; raise `LoadError` with a clear detail on any failure."""
+def load_handler(code_dir: str, handler: str, *, style: str, bytecode: bool = False) -> Any:
+    """Import `module:attribute` from `code_dir`; raise `LoadError` with a clear detail on any failure.
+
+    `bytecode`: `code_dir` is a package in the node cache; its modules' bytecode is cached in its sidecar
+    (`runtime/bytecode.py`). Not for a plain directory, whose sidecar would land beside the user's sources."""
     module_name, _, attribute = handler.partition(":")
+    if bytecode:
+        install_tree(code_dir, sidecar_for(code_dir))
     sys.path.insert(0, code_dir)
     try:
         module = importlib.import_module(module_name)

@@ -132,7 +132,7 @@ def run(config: RuntimeConfig) -> int:
     sink.system(limit_memory(config.memory_bytes, config.concurrency, address_space=config.memory_rlimit))
     try:
         code_phases = _materialise(config)
-        handler = load_handler(config.code_dir, config.handler, style=config.style)
+        handler = load_handler(config.code_dir, config.handler, style=config.style, bytecode=bool(config.package))
     except MemoryError:
         failure = LoadError("MemoryError", f"importing the code needs more than memory ({config.memory_bytes} B)", "")
         _report(config.status_fd, failure.as_status())
