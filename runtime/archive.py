@@ -5,7 +5,7 @@ manifest. `ArchiveFinder` maps module names to byte ranges: `a/b/__init__.py` is
 `a.b.c`, a directory without `__init__.py` a namespace package, as the path finder would see the tree. Modules get
 the `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of
 the package (so `pkgutil.get_data` works); a plain `open()` of a package file, C extensions and directory symlinks
-need `layout: tree`. Compiled code is cached in the package's sidecar (`runtime/bytecode.py`), as for the tree:
+need `layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree:
 the loader looks the pyc up by the file's path in the package and checks it against the size the index holds,
 so a start that finds it reads no source at all.
 
@@ -25,7 +25,7 @@ import posixpath
 import sys
 from typing import TYPE_CHECKING
 
-from runtime.bytecode import BytecodeCache, sidecar_for
+from runtime.loading import BytecodeCache, sidecar_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,19 +1,50 @@
-"""Loading the function's code, and describing clearly why it could not be loaded.
+"""Loading the function's code, caching its compiled bytecode, and describing clearly why it could not be loaded.
 
 The detail names the file and line for syntax errors, the missing module for import errors, and the manifest
 field for a missing or non-callable handler, because it is shown verbatim to the caller (502 `init_failed`) and
 in `nest describe`.
+
+Bytecode. A package in the node cache (`<cache>/<xx>/<digest>`, `runtime/unpack.py`) is read-only and its instances
+run with `PYTHONDONTWRITEBYTECODE`, so every cold start compiled the function's modules again: bench_code_fetch's
+handler (5 generated modules) spent ~26 ms of its import there. The compiled code of a package never changes (the
+digest names its content), so the first start on a node writes it to the package's *sidecar*,
+`<cache>/<xx>/<digest>.pyc/` (`sidecar_for`), and later starts load it: bench_bytecode measures both.
+
+Why not `sys.pycache_prefix`: it is process-wide, so it also moves the pycache of the stdlib and site-packages
+(their `__pycache__` beside the sources would be ignored, every module imported after it is set compiled afresh
+and written into the function's sidecar). The cache here serves only the package's own `.py` files: a path hook
+for the tree layout (`install_tree`), `ArchiveFinder`'s loader for the archive (`runtime/archive.py`).
+
+Format: one flat directory, one file per source (`a/b/c.py` -> `a%2Fb%2Fc.pyc`), each the standard pyc header
+(the interpreter's `MAGIC_NUMBER`, flags 0, mtime 0, the source's size) and the marshalled code. Flat so that the
+directory's mtime changes with every pyc added: the janitor (`controller/codestore/cachejanitor.py`) re-measures
+a sidecar only then. The source is not hashed: its digest already fixes it, so the size check only guards
+against a mix-up; a pyc with another magic number (another interpreter), a short or unreadable one is ignored
+and replaced.
+
+Writing never fails an import: any `OSError` (read-only or full disk, a name too long) leaves the module compiled
+and the cache as it was. Each pyc is written to a temporary name and renamed into place, so two instances
+writing the same one at once each leave a complete file, and a reader sees a whole pyc or none. The sidecar is
+writable by instances as the package is (they materialise it), so it asks no more trust of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
+import itertools
+import marshal
+import os
 import sys
 import traceback
-from typing import Any
+from types import CodeType
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtime.bytecode import install_tree, sidecar_for
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TRACEBACK_MAX = 8 * 1024
 
@@ -50,7 +81,7 @@ def load_handler(code_dir: str, handler: str, *, style: str, bytecode: bool = Fa
     """Import `module:attribute` from `code_dir`; raise `LoadError` with a clear detail on any failure.
 
     `bytecode`: `code_dir` is a package in the node cache; its modules' bytecode is cached in its sidecar
-    (`runtime/bytecode.py`). Not for a plain directory, whose sidecar would land beside the user's sources."""
+    (the module docstring). Not for a plain directory, whose sidecar would land beside the user's sources."""
     module_name, _, attribute = handler.partition(":")
     if bytecode:
         install_tree(code_dir, sidecar_for(code_dir))
@@ -100,3 +131,113 @@ def _has_varargs(target: Any) -> bool:
 
 def is_async(target: Any) -> bool:
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(target).__call__)
+
+
+SIDECAR_SUFFIX = ".pyc"
+"""`<digest>.pyc` beside `<digest>`; `controller/codestore/cachejanitor.py` has the same constant (the controller
+may not import the runtime), and a unit test checks they agree."""
+_HEADER = 16
+_counter = itertools.count()
+
+
+def sidecar_for(code_dir: str) -> str:
+    """Where the bytecode of the package at `code_dir` is cached."""
+    return code_dir.rstrip(os.sep) + SIDECAR_SUFFIX
+
+
+def pyc_name(relative: str) -> str:
+    """`a/b/c.py` -> `a%2Fb%2Fc.pyc`: flat and unambiguous (`%` itself is escaped first)."""
+    return relative.replace("%", "%25").replace("/", "%2F") + "c"
+
+
+def header(size: int) -> bytes:
+    return importlib.util.MAGIC_NUMBER + bytes(8) + (size & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+class BytecodeCache:
+    """One package's sidecar. Counts what it did, so tests see a pyc was used without timing anything."""
+
+    def __init__(self, sidecar: str) -> None:
+        self.sidecar = sidecar
+        self.loaded = 0
+        """Modules whose code came from a pyc."""
+        self.compiled = 0
+        self.written = 0
+
+    def code(self, relative: str, filename: str, size: int, source: Callable[[], bytes]) -> CodeType:
+        """The code of the package file `relative` (`size` bytes, its text from `source()` if it must be compiled),
+        from its pyc if valid, else compiled and cached."""
+        path = os.path.join(self.sidecar, pyc_name(relative))
+        cached = self._read(path, size)
+        if cached is not None:
+            self.loaded += 1
+            return cached
+        data = source()
+        code = compile(data, filename, "exec", dont_inherit=True)
+        self.compiled += 1
+        self._write(path, header(len(data)) + marshal.dumps(code))
+        return code
+
+    def _read(self, path: str, size: int) -> CodeType | None:
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:
+            return None
+        if len(data) < _HEADER or data[:_HEADER] != header(size):
+            return None
+        try:
+            code = marshal.loads(memoryview(data)[_HEADER:])
+        except (ValueError, EOFError, TypeError):
+            return None
+        return code if isinstance(code, CodeType) else None
+
+    def _write(self, path: str, data: bytes) -> None:
+        temporary = f"{os.path.dirname(path)}/.{os.getpid()}-{next(_counter)}.tmp"
+        try:
+            os.makedirs(self.sidecar, exist_ok=True)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(descriptor, data)  # pycs are small: one write (a short one fails the size check later)
+            finally:
+                os.close(descriptor)
+            os.rename(temporary, path)
+            self.written += 1
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+class TreeSourceLoader(importlib.machinery.SourceFileLoader):
+    """The loader of a tree package's `.py` files: code through the package's `BytecodeCache`."""
+
+    cache: ClassVar[BytecodeCache]
+    code_dir: ClassVar[str]
+
+    def get_code(self, fullname: str) -> CodeType:
+        path = self.get_filename(fullname)
+        relative = os.path.relpath(path, self.code_dir)
+        return self.cache.code(relative, path, os.stat(path).st_size, lambda: self.get_data(path))
+
+
+def install_tree(code_dir: str, sidecar: str) -> BytecodeCache:
+    """Put a path hook first on `sys.path_hooks` whose finders serve `code_dir` and the directories under it with
+    the cache; every other `sys.path` entry keeps Python's own finder (and its `__pycache__`)."""
+    cache = BytecodeCache(sidecar)
+    loader = type("TreeSourceLoader", (TreeSourceLoader,), {"cache": cache, "code_dir": code_dir})
+    details = (
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        (loader, importlib.machinery.SOURCE_SUFFIXES),
+        (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
+    )
+    prefix = code_dir.rstrip(os.sep) + os.sep
+
+    def hook(path: str) -> importlib.machinery.FileFinder:
+        if path != code_dir and not path.startswith(prefix):
+            raise ImportError("not the function's code")
+        return importlib.machinery.FileFinder(path, *details)
+
+    sys.path_hooks.insert(0, hook)
+    for entry in [p for p in sys.path_importer_cache if p == code_dir or p.startswith(prefix)]:
+        del sys.path_importer_cache[entry]
+    return cache
