@@ -6,12 +6,18 @@ sweep for the packages an instance runs, so the order survives a restart of `nes
 a new tree too (its mtime is when it was written). A start that hits the cache between two sweeps and ends
 before the next is not seen: the interval (`INTERVAL_S`) bounds how stale the order can be.
 
-Eviction is safe against a concurrent materialisation of the same package: the tree is first renamed to a
-trash name beside it (`.trash-<digest>-<random>`), under the same per-package lock file `runtime/unpack.py`
-takes (skipped if a materialisation holds it), and only then deleted. From the rename on, the real name is
-either absent (a new start materialises it afresh, into its own staging directory) or a complete new tree;
-the deletion works on a name nobody else uses. Lock files stay: removing one another process may be waiting on
-would let two materialisations run at once. Trash left by a crash is deleted when the janitor starts.
+A package's size includes its bytecode sidecar, `<digest>.pyc/` beside it (`runtime/loading.py`: instances
+write the compiled code of the package's modules there at their first start on the node). The sidecar grows
+while the package is in use, so its size is memoised only as long as its directory's mtime holds (it is flat:
+every pyc added changes it; one `stat` per sweep). It is evicted with its package, and a sidecar whose package is
+gone (an eviction interrupted between the two renames) is evicted at the next sweep.
+
+Eviction is safe against a concurrent materialisation of the same package: the tree is first renamed to a trash name
+beside it (`.trash-<digest>-<random>`, its sidecar to the same name plus `.pyc`), under the same per-package lock
+file `runtime/unpack.py` takes (skipped if a materialisation holds it), and only then deleted. From the rename on,
+the real name is either absent (a new start materialises it afresh, into its own staging directory) or a complete
+new tree; the deletion works on a name nobody else uses. Lock files stay: removing one another process may be
+waiting on would let two materialisations run at once. Trash left by a crash is deleted when the janitor starts.
 
 `CacheJanitor` sweeps every `INTERVAL_S`, and `SETTLE_S` after a poke (the code store calls it after a deploy
 or a delete, so the new version is live by then). The list of packages in use is read, and the chosen trees
@@ -44,6 +50,8 @@ DEFAULT_BUDGET_BYTES = 2 * 1024**3
 INTERVAL_S = 60.0
 SETTLE_S = 1.0
 TRASH_PREFIX = ".trash-"
+SIDECAR_SUFFIX = ".pyc"
+"""`runtime.loading.SIDECAR_SUFFIX` (the controller may not import the runtime; a unit test checks they agree)."""
 
 
 class NodeCache:
@@ -53,15 +61,22 @@ class NodeCache:
         self.root = root
         self._clock = clock
         self._sizes: dict[str, int] = {}
+        self._sidecars: dict[str, tuple[int, int]] = {}
+        """digest -> (the sidecar directory's mtime in ns, its size then)"""
+        self.orphans: list[str] = []
+        """Digests with a bytecode sidecar but no package, as of the last `scan`."""
 
     def scan(self, used: Set[str]) -> list[CacheEntry]:
         """Every materialised package; those in `used` are marked as used now first."""
         now = self._clock()
         entries: list[CacheEntry] = []
+        sidecars: set[str] = set()
         for shard in self._shards():
             for name in _names(shard):
+                if name.endswith(SIDECAR_SUFFIX) and DIGEST.match(name.removesuffix(SIDECAR_SUFFIX)):
+                    sidecars.add(name.removesuffix(SIDECAR_SUFFIX))
                 if not DIGEST.match(name):
-                    continue  # lock files, staging and trash directories
+                    continue  # lock files, sidecars, staging and trash directories
                 path = shard / name
                 try:
                     if name in used:
@@ -73,14 +88,29 @@ class NodeCache:
                     continue
                 if name not in self._sizes:
                     self._sizes[name] = tree_size(path)
-                entries.append(CacheEntry(name, self._sizes[name], info.st_mtime))
+                size = self._sizes[name] + self._sidecar_size(name, shard / f"{name}{SIDECAR_SUFFIX}")
+                entries.append(CacheEntry(name, size, info.st_mtime))
         seen = {entry.digest for entry in entries}
         self._sizes = {digest: size for digest, size in self._sizes.items() if digest in seen}
+        self._sidecars = {digest: known for digest, known in self._sidecars.items() if digest in seen}
+        self.orphans = sorted(sidecars - seen)
         return entries
 
-    def trash(self, digest: str) -> Path | None:
-        """Rename the package's tree out of the way (see the module docstring); None if it is gone already or
-        a materialisation of it holds its lock. Quick: call it in the step that decided."""
+    def _sidecar_size(self, digest: str, path: Path) -> int:
+        try:
+            mtime = os.lstat(path).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+        known = self._sidecars.get(digest)
+        if known is None or known[0] != mtime:
+            known = self._sidecars[digest] = (mtime, tree_size(path))
+        return known[1]
+
+    def trash(self, digest: str, *, orphan: bool = False) -> Path | None:
+        """Rename the package's tree and its sidecar out of the way (see the module docstring); None if it is gone
+        already or a materialisation of it holds its lock. Quick: call it in the step that decided.
+
+        `orphan`: only the sidecar of a package that is gone (None if the package is back)."""
         shard = self.root / digest[:2]
         descriptor = os.open(shard / f".{digest}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -89,18 +119,24 @@ class NodeCache:
             except BlockingIOError:
                 return None
             target = shard / f"{TRASH_PREFIX}{digest}-{os.urandom(4).hex()}"
-            try:
-                os.rename(shard / digest, target)
-            except FileNotFoundError:
+            if orphan and os.path.lexists(shard / digest):
                 return None
+            try:
+                if not orphan:
+                    os.rename(shard / digest, target)
+                os.rename(shard / f"{digest}{SIDECAR_SUFFIX}", f"{target}{SIDECAR_SUFFIX}")
+            except FileNotFoundError:
+                if orphan or not target.exists():
+                    return None
         finally:
             os.close(descriptor)  # releases the lock
         self._sizes.pop(digest, None)
+        self._sidecars.pop(digest, None)
         return target
 
     def delete(self, paths: Iterable[Path]) -> None:
-        """Delete trashed trees (read-only directories are made writable first)."""
-        for path in paths:
+        """Delete trashed trees and their sidecars (read-only directories are made writable first)."""
+        for path in [found for tree in paths for found in (tree, tree.with_name(tree.name + SIDECAR_SUFFIX))]:
             for directory, _, _ in os.walk(path):
                 with contextlib.suppress(OSError):
                     os.chmod(directory, 0o755)
@@ -196,6 +232,9 @@ class CacheJanitor:
             entries, budget=self.budget_bytes, in_use=set(running) | set(running_now), current=current
         )
         trashed = [path for digest in selection.evict if (path := self.cache.trash(digest)) is not None]
+        orphans = [path for digest in self.cache.orphans if (path := self.cache.trash(digest, orphan=True))]
+        if orphans:
+            await asyncio.to_thread(self.cache.delete, orphans)
         if trashed:
             await asyncio.to_thread(self.cache.delete, trashed)
             self.evicted += len(trashed)

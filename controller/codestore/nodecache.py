@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class CacheEntry:
     digest: str
     size: int
-    """Bytes on disk (file sizes; directories and inodes are not counted)."""
+    """Bytes on disk: file sizes, the bytecode sidecar's included (directories and inodes are not counted)."""
     last_used: float
     """Epoch seconds: when an instance last started with it or ran with it (the directory's mtime)."""
 
