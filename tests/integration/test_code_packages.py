@@ -87,6 +87,31 @@ def test_a_second_start_of_a_version_finds_the_node_cache(platform: Platform) ->
     assert "unpack" not in again.headers["server-timing"]
 
 
+@pytest.mark.parametrize("layout", ["tree", "archive"])
+def test_a_later_cold_start_loads_the_bytecode_the_first_one_cached(platform: Platform, layout: str) -> None:
+    name = f"pkg-bytecode-{layout}"
+    with_lib(platform, name)
+    files = {"lib/__init__.py": "", "lib/helper.py": "from lib.other import OTHER\nVALUE = OTHER + 1\n"}
+    files["lib/other.py"] = "OTHER = 41\n"
+    settings = f"pool: none\npackage: {{layout: {layout}}}\n"
+    directory = platform.write_function(name, CODE, settings, files=files)
+    platform.cli("deploy", str(directory))
+    with platform.http() as http:
+        assert http.post(f"/function/{name}").json() == {"value": 42}
+        digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
+    sidecar = platform.data_dir / "cache" / digest[:2] / f"{digest}.pyc"
+    written = {path.name: path.stat().st_mtime_ns for path in sidecar.iterdir()}
+    assert set(written) == {"main.pyc", "lib%2F__init__.pyc", "lib%2Fhelper.pyc", "lib%2Fother.pyc"}
+    # Deleted and deployed again: the same package, whose next cold start finds the pycs and rewrites none.
+    platform.cli("delete", name, "--yes")
+    platform.cli("deploy", str(directory))
+    with platform.http() as http:
+        again = http.post(f"/function/{name}")
+    assert again.json() == {"value": 42}
+    assert "init;dur=" in again.headers["server-timing"]
+    assert {path.name: path.stat().st_mtime_ns for path in sidecar.iterdir()} == written
+
+
 def big_function(root: Path, name: str) -> Path:
     rng = random.Random(4)
     (root / "lib").mkdir(parents=True, exist_ok=True)
