@@ -171,7 +171,7 @@ class BytecodeCache:
         cached = self._read(path, size)
         if cached is not None:
             self.loaded += 1
-            return cached
+            return relocated(cached, filename)
         data = source()
         code = compile(data, filename, "exec", dont_inherit=True)
         self.compiled += 1
@@ -206,6 +206,15 @@ class BytecodeCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def relocated(code: CodeType, filename: str) -> CodeType:
+    """`code` naming `filename` in tracebacks, as CPython's own loader does for a pyc compiled elsewhere (the data
+    directory moved): nothing is copied when the name is already right, the usual case."""
+    if code.co_filename == filename:
+        return code
+    consts = tuple(relocated(c, filename) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 class TreeSourceLoader(importlib.machinery.SourceFileLoader):

@@ -129,3 +129,15 @@ def test_a_pyc_header_names_this_interpreter_and_the_source_size() -> None:
     assert header(300) == importlib.util.MAGIC_NUMBER + bytes(8) + (300).to_bytes(4, "little")
     assert pyc_name("a%b/c.py") == "a%25b%2Fc.pyc"
     assert sidecar_for("/cache/ab/abcd/") == "/cache/ab/abcd.pyc"
+
+
+def test_a_pyc_compiled_at_another_path_names_the_current_one(tmp_path: Path) -> None:
+    source = b"def inner():\n    return 1\n"
+    BytecodeCache(str(tmp_path / "sidecar")).code("a.py", "/old/a.py", len(source), lambda: source)
+    cache = BytecodeCache(str(tmp_path / "sidecar"))
+    code = cache.code("a.py", "/new/a.py", len(source), lambda: source)
+    assert cache.loaded == 1
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    assert code.co_filename == "/new/a.py"
+    assert namespace["inner"].__code__.co_filename == "/new/a.py"  # type: ignore[attr-defined]
