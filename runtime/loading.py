@@ -5,15 +5,22 @@ field for a missing or non-callable handler, because it is shown verbatim to the
 in `nest describe`.
 
 Bytecode. A package in the node cache (`<cache>/<xx>/<digest>`, `runtime/unpack.py`) is read-only and its instances
-run with `PYTHONDONTWRITEBYTECODE`, so every cold start compiled the function's modules again: bench_code_fetch's
-handler (5 generated modules) spent ~26 ms of its import there. The compiled code of a package never changes (the
-digest names its content), so the first start on a node writes it to the package's *sidecar*,
-`<cache>/<xx>/<digest>.pyc/` (`sidecar_for`), and later starts load it: bench_bytecode measures both.
+run with `PYTHONDONTWRITEBYTECODE`, so every cold start compiled the function's modules again (bench_code_fetch's
+handler, 5 generated modules: ~26 ms of its import). A package's compiled code never changes (the digest names its
+content), so the first start on a node writes it to the package's *sidecar*, `<cache>/<xx>/<digest>.pyc/`
+(`sidecar_for`), and later starts load it. bench_bytecode, 160 generated modules (2.4 MB of source, 6.4 MB of pycs),
+medians of 9, two runs: importing them all took 776-787 ms (tree) and 679-847 ms (archive) compiling, 99-128 ms
+loading the pycs (7.8x and 6.6x faster); what is left is mostly running the module bodies (reading and unmarshalling
+all the pycs alone is ~25-35 ms). The first start on a node pays for the writes: +13-16% (tree), +31-34% (archive),
+once per version and node.
 
-Why not `sys.pycache_prefix`: it is process-wide, so it also moves the pycache of the stdlib and site-packages
-(their `__pycache__` beside the sources would be ignored, every module imported after it is set compiled afresh
-and written into the function's sidecar). The cache here serves only the package's own `.py` files: a path hook
-for the tree layout (`install_tree`), `ArchiveFinder`'s loader for the archive (`runtime/archive.py`).
+Why not `sys.pycache_prefix`: it is process-wide and needs `dont_write_bytecode` off, so the stdlib's and
+site-packages' modules would be written into the function's sidecar too, and with it set Python ignores the
+`__pycache__` beside their sources: five stdlib modules (`decimal`, `pydoc`, ...) imported in 387 ms instead of 62
+(measured here). The cache here serves only the package's own `.py` files: a path hook for the tree layout
+(`install_tree`; every other `sys.path` entry keeps Python's finder), `ArchiveFinder`'s loader for the archive
+(`runtime/archive.py`). It writes whatever `PYTHONDONTWRITEBYTECODE` says: that keeps `__pycache__` out of the
+read-only tree and site-packages, and the sidecar is the one place meant for pycs.
 
 Format: one flat directory, one file per source (`a/b/c.py` -> `a%2Fb%2Fc.pyc`), each the standard pyc header
 (the interpreter's `MAGIC_NUMBER`, flags 0, mtime 0, the source's size) and the marshalled code. Flat so that the
