@@ -170,6 +170,9 @@ class BytecodeCache:
         """Modules whose code came from a pyc."""
         self.compiled = 0
         self.written = 0
+        self._writable: bool | None = None
+        """Whether the sidecar directory exists or could be made; asked once, so that a read-only cache costs
+        one failed `mkdir` per start, not one per module plus marshalling each module's code for nothing."""
 
     def code(self, relative: str, filename: str, size: int, source: Callable[[], bytes]) -> CodeType:
         """The code of the package file `relative` (`size` bytes, its text from `source()` if it must be compiled),
@@ -182,7 +185,10 @@ class BytecodeCache:
         data = source()
         code = compile(data, filename, "exec", dont_inherit=True)
         self.compiled += 1
-        self._write(path, header(len(data)) + marshal.dumps(code))
+        if self._writable is None:
+            self._writable = _made(self.sidecar)
+        if self._writable:
+            self._write(path, header(len(data)) + marshal.dumps(code))
         return code
 
     def _read(self, path: str, size: int) -> CodeType | None:
@@ -202,10 +208,10 @@ class BytecodeCache:
     def _write(self, path: str, data: bytes) -> None:
         temporary = f"{os.path.dirname(path)}/.{os.getpid()}-{next(_counter)}.tmp"
         try:
-            os.makedirs(self.sidecar, exist_ok=True)
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                os.write(descriptor, data)  # pycs are small: one write (a short one fails the size check later)
+                if os.write(descriptor, data) != len(data):  # a short write is a full disk: no partial pyc
+                    raise OSError("short write")
             finally:
                 os.close(descriptor)
             os.rename(temporary, path)
@@ -213,6 +219,14 @@ class BytecodeCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def _made(directory: str) -> bool:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 def relocated(code: CodeType, filename: str) -> CodeType:

@@ -141,3 +141,14 @@ def test_a_pyc_compiled_at_another_path_names_the_current_one(tmp_path: Path) ->
     exec(code, namespace)
     assert code.co_filename == "/new/a.py"
     assert namespace["inner"].__code__.co_filename == "/new/a.py"  # type: ignore[attr-defined]
+
+
+def test_a_pyc_that_cannot_be_written_leaves_no_temporary_and_the_others_are_kept(
+    start: Callable[[], BytecodeCache],
+) -> None:
+    leaf = Path(start().sidecar) / pyc_name("bc_pkg/leaf.py")
+    leaf.unlink()
+    leaf.mkdir()  # the rename onto it fails
+    again = start()
+    assert (again.compiled, again.written, again.loaded) == (1, 0, 2)
+    assert sorted(p.name for p in leaf.parent.iterdir()) == ["bc_main.pyc", "bc_pkg%2F__init__.pyc", leaf.name]
