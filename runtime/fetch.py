@@ -23,10 +23,10 @@ import threading
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from nest.contracts.chunks import MAX_MANIFEST_BYTES, PackageManifest, load_verified_manifest, store_path
+from nest.contracts.chunks import MAX_MANIFEST_BYTES, read_verified_manifest, store_path
 
 if TYPE_CHECKING:
-    from nest.contracts.chunks import Bytes, ChunkRef
+    from nest.contracts.chunks import Bytes, ChunkRef, ManifestHead, PackageManifest
 
 logger = logging.getLogger("nest.runtime.fetch")
 
@@ -47,11 +47,12 @@ class _VerifyingSource:
         """The object's bytes (at most `limit`), in `buffer` if it is given and large enough."""
         raise NotImplementedError
 
-    def manifest(self, digest: str) -> PackageManifest:
+    def manifest(self, digest: str) -> ManifestHead | PackageManifest:
+        """The verified manifest's codec and chunks; its files read by `complete()` (while chunks are fetched)."""
         for attempt in range(1, ATTEMPTS + 1):
             data = self._get("manifests", digest, MAX_MANIFEST_BYTES)
             if hashlib.sha256(data).hexdigest() == digest:
-                return load_verified_manifest(bytes(data))
+                return read_verified_manifest(bytes(data))
             self._mismatch("manifest", digest, attempt)
         raise AssertionError("unreachable")
 

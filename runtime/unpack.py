@@ -35,7 +35,7 @@ from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nest.contracts.chunks import Bytes, ChunkRef, PackageManifest
+    from nest.contracts.chunks import Bytes, ChunkRef, ManifestHead, PackageManifest
 
 
 THREADS = 4
@@ -46,7 +46,9 @@ _WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 class ChunkSource(Protocol):
     """Where a package comes from (`runtime/fetch.py`'s `HttpChunkSource`; a dict-backed fake in tests)."""
 
-    def manifest(self, digest: str) -> PackageManifest: ...
+    def manifest(self, digest: str) -> ManifestHead | PackageManifest:
+        """The verified manifest, or its head (codec and chunks) when its files are read later, by `complete()`."""
+        ...
 
     def chunk(self, ref: ChunkRef, buffer: bytearray | None = None) -> Bytes:
         """The chunk's compressed bytes, digest already verified; received into `buffer` (at least `ref.size`
@@ -104,23 +106,17 @@ def ensure_package(code_dir: Path, digest: str, source: ChunkSource, *, threads:
 
 
 def _materialise(code_dir: Path, digest: str, source: ChunkSource, threads: int, started: float) -> Materialised:
-    manifest = source.manifest(digest)
+    head = source.manifest(digest)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=code_dir.parent))
     fetched: list[float] = [time.monotonic()]
+    writers: list[_ArchiveWriter | _TreeWriter] = []
     try:
-        if manifest.layout is Layout.ARCHIVE:
-            archive = _ArchiveWriter(manifest, staging)
-            try:
-                _run(
-                    manifest, source, threads, archive, functools.partial(write_index, str(staging), manifest), fetched
-                )
-            finally:
-                archive.close()
-            _seal_archive(staging)
-        else:
-            tree = _TreeWriter(manifest, staging)
-            _run(manifest, source, threads, tree, tree.prepare, fetched)
-            tree.seal()
+        try:
+            _run(head, source, threads, functools.partial(_prepare_writer, head, staging, writers), fetched)
+        finally:
+            for writer in writers:
+                writer.close()
+        writers[0].seal()
         os.rename(staging, code_dir)
     except BaseException:
         _make_writable(staging)
@@ -130,39 +126,53 @@ def _materialise(code_dir: Path, digest: str, source: ChunkSource, threads: int,
     return Materialised(code_dir, round(fetch_ms, 2), round(_ms_since(started) - fetch_ms, 2), cached=False)
 
 
+def _prepare_writer(
+    head: ManifestHead | PackageManifest, staging: Path, writers: list[_ArchiveWriter | _TreeWriter]
+) -> Callable[[int, Bytes], None]:
+    """The rest of the manifest read, and what the chunks are written with made ready (an archive's file and
+    index, a tree's directories): the work `_run` overlaps with the chunks in flight."""
+    manifest = head.complete()
+    writer = _ArchiveWriter(manifest, staging) if manifest.layout is Layout.ARCHIVE else _TreeWriter(manifest, staging)
+    writers.append(writer)
+    writer.prepare()
+    return writer
+
+
 def _run(
-    manifest: PackageManifest,
+    head: ManifestHead | PackageManifest,
     source: ChunkSource,
     threads: int,
-    write: Callable[[int, Bytes], None],
-    prepare: Callable[[], None],
+    prepare: Callable[[], Callable[[int, Bytes], None]],
     fetched: list[float],
 ) -> None:
-    """Fetch, decompress and `write` every chunk in `threads` workers, while this thread runs `prepare` (the
-    archive's index, the tree's directories): no chunk is written before it is done. Each worker reuses one
-    buffer for what it receives and one for what it decompresses (fresh memory costs a page fault per 4 KiB:
-    `decompress_into`). The first failure cancels the chunks not started yet and is raised."""
+    """Fetch, decompress and write every chunk in `threads` workers, started as soon as the chunk list is known,
+    while this thread runs `prepare` (the manifest's files, the archive's index or the tree's directories): no
+    chunk is written before that is done. Each worker reuses one buffer for what it receives and one for what it
+    decompresses (fresh memory costs a page fault per 4 KiB: `decompress_into`). The first failure cancels the
+    chunks not started yet and is raised."""
     prepared, abandoned = threading.Event(), threading.Event()
     local = threading.local()
-    most = max((ref.size for ref in manifest.chunks), default=0)
-    most_raw = max((ref.raw_size for ref in manifest.chunks), default=0)
+    chunks, codec = head.chunks, head.codec
+    most = max((ref.size for ref in chunks), default=0)
+    most_raw = max((ref.raw_size for ref in chunks), default=0)
+    writer: list[Callable[[int, Bytes], None]] = []
 
     def one(index: int) -> None:
-        ref = manifest.chunks[index]
+        ref = chunks[index]
         if not hasattr(local, "received"):
             local.received = bytearray(most)
-            local.raw = memoryview(bytearray(0 if manifest.codec is Codec.NONE else most_raw))
+            local.raw = memoryview(bytearray(0 if codec is Codec.NONE else most_raw))
         data = source.chunk(ref, local.received)
         fetched.append(time.monotonic())
-        raw = decompress_into(manifest.codec, data, ref.raw_size, local.raw)
+        raw = decompress_into(codec, data, ref.raw_size, local.raw)
         prepared.wait()
         if not abandoned.is_set():
-            write(index, raw)
+            writer[0](index, raw)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.chunks)))) as workers:
-        futures = [workers.submit(one, index) for index in range(len(manifest.chunks))]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as workers:
+        futures = [workers.submit(one, index) for index in range(len(chunks))]
         try:
-            prepare()
+            writer.append(prepare())
             prepared.set()
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -180,9 +190,13 @@ class _ArchiveWriter:
     module: what makes this layout fast on a cold node)."""
 
     def __init__(self, manifest: PackageManifest, staging: Path) -> None:
+        self._manifest, self._staging = manifest, staging
         self._descriptor = os.open(staging / ARCHIVE_FILE, _WRITE, 0o600)
         os.ftruncate(self._descriptor, manifest.unpacked_bytes)
         self._starts = manifest.chunk_starts()
+
+    def prepare(self) -> None:
+        write_index(str(self._staging), self._manifest)
 
     def __call__(self, index: int, raw: Bytes) -> None:
         view, position = memoryview(raw), self._starts[index]
@@ -193,11 +207,10 @@ class _ArchiveWriter:
     def close(self) -> None:
         os.close(self._descriptor)
 
-
-def _seal_archive(staging: Path) -> None:
-    for name in (ARCHIVE_FILE, ARCHIVE_INDEX):
-        os.chmod(staging / name, 0o444)
-    os.chmod(staging, 0o555)
+    def seal(self) -> None:
+        for name in (ARCHIVE_FILE, ARCHIVE_INDEX):
+            os.chmod(self._staging / name, 0o444)
+        os.chmod(self._staging, 0o555)
 
 
 def _prepare(manifest: PackageManifest, staging: Path) -> _Plan:
@@ -255,6 +268,9 @@ class _TreeWriter:
                     data = data[os.write(descriptor, data) :]
             finally:
                 os.close(descriptor)
+
+    def close(self) -> None:
+        """Nothing held open: each file is closed once written."""
 
     def seal(self) -> None:
         """Symlinks last (no write can go through one), then read-only."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import posixpath
 import re
 import stat
@@ -84,8 +85,12 @@ class ChunkRef:
     raw_size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FileEntry:
+    """Not frozen, but never changed: a node reads every entry of a package on its cold path, and a frozen
+    dataclass sets each field through `object.__setattr__` (1,300 entries: 1.1 ms against 0.3, bench_code_fetch's
+    package, while the chunks are in flight and the reader holds the GIL the fetching threads need)."""
+
     path: str
     mode: int
     """0o644 or 0o755: permission bits only."""
@@ -146,6 +151,27 @@ class PackageManifest:
     @property
     def unpacked_bytes(self) -> int:
         return sum(chunk.raw_size for chunk in self.chunks)
+
+    def complete(self) -> PackageManifest:
+        """Itself (a `ManifestHead` reads its files here)."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    """A verified manifest's codec and chunks, read before its files: what fetching needs, in ~20 us instead of
+    the ~4 ms that parsing 1,300 file entries takes (bench_code_fetch), so the chunks are in flight while
+    `complete` reads the rest (`runtime/unpack.py`)."""
+
+    codec: Codec
+    chunks: tuple[ChunkRef, ...]
+    document: bytes
+
+    def complete(self) -> PackageManifest:
+        manifest = load_verified_manifest(self.document)
+        if manifest.chunks != self.chunks or manifest.codec is not self.codec:
+            raise InvalidInput("package", "the manifest's head does not match its document")
+        return manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +328,9 @@ def parse_manifest(data: bytes, *, limits: PackageLimits | None = None) -> Packa
     return manifest
 
 
+_FILE_FIELDS = operator.itemgetter("path", "mode", "size", "chunk", "offset", "digest")
+
+
 def load_verified_manifest(data: bytes) -> PackageManifest:
     """A manifest whose sha256 matched a digest the controller handed out: the controller validated it at deploy
     (`parse_manifest`), so only its structure is read here. 1 ms instead of 18 for 1,300 files, on the cold path."""
@@ -310,12 +339,31 @@ def load_verified_manifest(data: bytes) -> PackageManifest:
         return PackageManifest(
             Codec(document["codec"]),
             tuple(ChunkRef(**chunk) for chunk in document["chunks"]),
-            tuple(FileEntry(**entry) for entry in document["files"]),
+            tuple(FileEntry(*_FILE_FIELDS(entry)) for entry in document["files"]),
             tuple(LinkEntry(**link) for link in document["links"]),
             Layout(document.get("layout", Layout.TREE)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput("package", f"the manifest is not a Nest package manifest: {exc}") from None
+
+
+_CANONICAL_HEAD = b'{"chunks":'
+_CODEC_KEY = b',"codec":"'
+
+
+def read_verified_manifest(data: bytes) -> ManifestHead | PackageManifest:
+    """A manifest whose sha256 matched a digest the controller handed out, its files left to `complete()` when it
+    is canonical JSON (sorted keys: the chunk list, then the codec, come first); any other, read whole."""
+    end = data.find(_CODEC_KEY) if data.startswith(_CANONICAL_HEAD) else -1
+    codec_end = data.find(b'"', end + len(_CODEC_KEY)) if end > 0 else -1
+    if codec_end < 0:
+        return load_verified_manifest(data)
+    try:
+        chunks = tuple(ChunkRef(**chunk) for chunk in json.loads(data[len(_CANONICAL_HEAD) : end]))
+        codec = Codec(data[end + len(_CODEC_KEY) : codec_end].decode())
+    except (ValueError, KeyError, TypeError):
+        return load_verified_manifest(data)  # not what it looked like: the whole document says why
+    return ManifestHead(codec, chunks, data)
 
 
 def _list(document: dict[str, Any], key: str) -> list[Any]:

@@ -1,7 +1,8 @@
 """`FakeChunkSource`: a package's manifest and chunks from memory (the runtime's `ChunkSource` port), counting
-what was asked for; `delay_s` holds each manifest request so that two starters overlap. A chunk is copied into
-the caller's buffer when one is given, as the real sources receive into it: a caller that kept a chunk's view
-past its next request would see another chunk's bytes."""
+what was asked for; `delay_s` holds each manifest request so that two starters overlap. The manifest is answered
+as the real sources answer it: its head, read from its canonical bytes, the files read by `complete()`. A chunk
+is copied into the caller's buffer when one is given, as the real sources receive into it: a caller that kept a
+chunk's view past its next request would see another chunk's bytes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from nest.contracts.chunks import read_verified_manifest
+
 if TYPE_CHECKING:
-    from nest.contracts.chunks import Bytes, ChunkRef, PackageManifest
+    from nest.contracts.chunks import Bytes, ChunkRef, ManifestHead, PackageManifest
 
 
 class FakeChunkSource:
@@ -22,14 +25,14 @@ class FakeChunkSource:
         self.manifest_requests = 0
         self.chunk_requests: list[str] = []
 
-    def manifest(self, digest: str) -> PackageManifest:
+    def manifest(self, digest: str) -> ManifestHead | PackageManifest:
         with self._lock:
             self.manifest_requests += 1
         if self._delay_s:
             time.sleep(self._delay_s)
         if digest != self._manifest.digest:
             raise KeyError(digest)
-        return self._manifest
+        return read_verified_manifest(self._manifest.to_bytes())
 
     def chunk(self, ref: ChunkRef, buffer: bytearray | None = None) -> Bytes:
         with self._lock:

@@ -13,6 +13,7 @@ from nest.contracts.chunks import (
     Codec,
     FileEntry,
     LinkEntry,
+    ManifestHead,
     PackageLimits,
     PackageManifest,
     compress,
@@ -20,6 +21,7 @@ from nest.contracts.chunks import (
     layout,
     pack_bundle,
     parse_manifest,
+    read_verified_manifest,
     split_bundle,
 )
 from nest.contracts.errors import InvalidInput
@@ -90,6 +92,20 @@ def test_the_manifest_is_canonical_and_its_digest_is_stable() -> None:
     manifest = parse(document())
     assert parse_manifest(manifest.to_bytes()) == manifest
     assert manifest.digest == parse_manifest(manifest.to_bytes()).digest
+
+
+def test_a_verified_manifest_gives_its_chunks_first_and_its_files_on_completion() -> None:
+    manifest = parse(document(links=[{"path": "alias.py", "target": "main.py"}]))
+    head = read_verified_manifest(manifest.to_bytes())
+    assert isinstance(head, ManifestHead)
+    assert (head.codec, head.chunks) == (manifest.codec, manifest.chunks)
+    assert head.complete() == manifest
+    spaced = json.dumps(json.loads(manifest.to_bytes()), indent=1).encode()  # valid, not canonical: read whole
+    assert read_verified_manifest(spaced) == manifest
+    with pytest.raises(InvalidInput, match="does not match"):
+        ManifestHead(Codec.LZ4, manifest.chunks, manifest.to_bytes()).complete()
+    with pytest.raises(InvalidInput, match="not a Nest package manifest"):
+        read_verified_manifest(manifest.to_bytes().replace(b'"files":[', b'"files":[1,')).complete()
 
 
 REFUSALS = [

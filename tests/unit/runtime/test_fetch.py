@@ -76,7 +76,7 @@ def test_a_corrupted_chunk_is_fetched_again_never_returned(store: tuple[Store, s
     manifest, ref = publish(state)
     state.corrupt[f"/api/v1/code/chunks/{ref.digest}"] = 1
     source = HttpChunkSource(url)
-    assert source.manifest(manifest.digest) == manifest
+    assert source.manifest(manifest.digest).complete() == manifest
     assert source.chunk(ref) == state.objects[f"/api/v1/code/chunks/{ref.digest}"]
     assert source.refetches == 1
     source.close()
@@ -119,7 +119,7 @@ def test_a_local_store_is_read_directly_with_the_same_checks(tmp_path: Path) -> 
     ChunkStore(tmp_path / "store").intake(built.bundle())
     source = open_source(f"file://{tmp_path / 'store'}")
     assert isinstance(source, FileChunkSource)
-    assert source.manifest(built.manifest.digest) == built.manifest
+    assert source.manifest(built.manifest.digest).complete() == built.manifest
     ref = built.manifest.chunks[0]
     assert source.chunk(ref) == built.chunks[0]
     stored = tmp_path / "store" / store_path("chunks", ref.digest)

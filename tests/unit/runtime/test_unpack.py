@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nest.cli.packaging import BuiltPackage, build_chunked
-from nest.contracts.chunks import MAX_CHUNK_BYTES, Codec
+from nest.contracts.chunks import MAX_CHUNK_BYTES, Codec, ManifestHead
+from nest.contracts.errors import InvalidInput
 from runtime.unpack import Materialised, cache_dir_for, ensure_package
 from tests.fakes.chunk_source import FakeChunkSource
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from nest.contracts.chunks import PackageManifest
 
 
 def package(root: Path, codec: Codec = Codec.ZSTD) -> BuiltPackage:
@@ -87,3 +90,20 @@ def test_a_failed_materialisation_leaves_nothing_behind(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == [f".{built.manifest.digest}.lock"]
     done = ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
     assert not done.cached
+
+
+class _BadFiles(FakeChunkSource):
+    """A manifest whose chunk list reads but whose files do not: the chunks are in flight when that is found."""
+
+    def manifest(self, digest: str) -> ManifestHead | PackageManifest:
+        head = super().manifest(digest)
+        assert isinstance(head, ManifestHead)
+        return ManifestHead(head.codec, head.chunks, head.document.replace(b'"files":[', b'"files":[1,'))
+
+
+def test_a_manifest_failing_while_chunks_are_fetched_leaves_nothing_behind(tmp_path: Path) -> None:
+    built = package(tmp_path / "fn")
+    target = cache_dir_for(tmp_path / "cache", built.manifest.digest)
+    with pytest.raises(InvalidInput, match="not a Nest package manifest"):
+        ensure_package(target, built.manifest.digest, _BadFiles(built.manifest, built.chunks))
+    assert [p.name for p in target.parent.iterdir()] == [f".{built.manifest.digest}.lock"]
