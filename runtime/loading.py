@@ -9,10 +9,14 @@ run with `PYTHONDONTWRITEBYTECODE`, so every cold start compiled the function's 
 handler, 5 generated modules: ~26 ms of its import). A package's compiled code never changes (the digest names its
 content), so the first start on a node writes it to the package's *sidecar*, `<cache>/<xx>/<digest>.pyc/`
 (`sidecar_for`), and later starts load it. bench_bytecode, 160 generated modules (2.4 MB of source, 6.4 MB of pycs),
-medians of 9, two runs: importing them all took 776-787 ms (tree) and 679-847 ms (archive) compiling, 99-128 ms
-loading the pycs (7.8x and 6.6x faster); what is left is mostly running the module bodies (reading and unmarshalling
-all the pycs alone is ~25-35 ms). The first start on a node pays for the writes: +13-16% (tree), +31-34% (archive),
-once per version and node.
+medians of 9: importing them all took 769 ms (tree) and 759 ms (archive) compiling, 113 ms loading the pycs (6.8x
+and 6.7x faster); what is left is mostly running the module bodies (reading and unmarshalling every pyc alone is
+~25-35 ms).
+
+The first start writes the pycs from a thread (`BytecodeCache._enqueue`), one at a time, while the imports go on:
+written inline, they cost that start +29-48% (creating a file on this machine's shared ext4 took ~1 ms, 150-170 ms
+for the 160), from the thread +5-7%, and the last pyc is on disk ~20-30 ms after the imports end. The thread ends
+when nothing is left to write; if it cannot start (the memory limit), the pyc is written inline.
 
 Why not `sys.pycache_prefix`: it is process-wide and needs `dont_write_bytecode` off, so the stdlib's and
 site-packages' modules would be written into the function's sidecar too, and with it set Python ignores the
@@ -30,8 +34,9 @@ against a mix-up; a pyc with another magic number (another interpreter), a short
 and replaced.
 
 Writing never fails an import: any `OSError` (read-only or full disk, a name too long) leaves the module compiled
-and the cache as it was. Each pyc is written to a temporary name and renamed into place, so two instances
-writing the same one at once each leave a complete file, and a reader sees a whole pyc or none. The sidecar is
+and the cache as it was (an instance killed mid-write leaves a temporary file, deleted with the sidecar). Each
+pyc is written to a temporary name and renamed into place, so two instances writing the same one at once each
+leave a complete file, and a reader sees a whole pyc or none. The sidecar is
 writable by instances as the package is (they materialise it), so it asks no more trust of them.
 """
 
@@ -46,6 +51,7 @@ import itertools
 import marshal
 import os
 import sys
+import threading
 import traceback
 from types import CodeType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -173,6 +179,10 @@ class BytecodeCache:
         self._writable: bool | None = None
         """Whether the sidecar directory exists or could be made; asked once, so that a read-only cache costs
         one failed `mkdir` per start, not one per module plus marshalling each module's code for nothing."""
+        self._pending: list[tuple[str, bytes]] = []
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def code(self, relative: str, filename: str, size: int, source: Callable[[], bytes]) -> CodeType:
         """The code of the package file `relative` (`size` bytes, its text from `source()` if it must be compiled),
@@ -188,8 +198,41 @@ class BytecodeCache:
         if self._writable is None:
             self._writable = _made(self.sidecar)
         if self._writable:
-            self._write(path, header(len(data)) + marshal.dumps(code))
+            self._enqueue(path, header(len(data)) + marshal.dumps(code))
         return code
+
+    def flush(self) -> None:
+        """Wait until every pyc handed to the writer is written (tests, benchmarks)."""
+        while (writer := self._writer) is not None:
+            writer.join()
+
+    def _enqueue(self, path: str, data: bytes) -> None:
+        """Hand the pyc to the writer thread, started if none runs; written here if no thread can start."""
+        if self._pid != os.getpid():  # forked by the function's code: the parent's writer and lock are not ours
+            self._pending, self._writer, self._lock, self._pid = [], None, threading.Lock(), os.getpid()
+        with self._lock:
+            self._pending.append((path, data))
+            if self._writer is not None:
+                return
+            writer = threading.Thread(target=self._drain, name="nest-bytecode", daemon=True)
+            try:
+                writer.start()
+            except RuntimeError:  # no thread under the memory limit: write it now
+                self._pending.pop()
+                write = True
+            else:
+                self._writer, write = writer, False
+        if write:
+            self._write(path, data)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    return
+                path, data = self._pending.pop(0)
+            self._write(path, data)
 
     def _read(self, path: str, size: int) -> CodeType | None:
         try:

@@ -18,6 +18,7 @@ def bytecode(tree: Path, *names: str) -> Path:
     cache = BytecodeCache(sidecar_for(str(tree)))
     for name in names:
         cache.code(name, str(tree / name), 20, lambda: b"VALUE = 1\n" * 2)
+    cache.flush()
     assert cache.written == len(names)
     return tree.with_name(tree.name + SIDECAR_SUFFIX)
 

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
             cache = install_tree(code_dir, sidecar_for(code_dir))
             sys.path.insert(0, code_dir)
         assert importlib.import_module("bc_main").VALUE == 42
+        cache.flush()
         return cache
 
     yield one
@@ -133,7 +135,9 @@ def test_a_pyc_header_names_this_interpreter_and_the_source_size() -> None:
 
 def test_a_pyc_compiled_at_another_path_names_the_current_one(tmp_path: Path) -> None:
     source = b"def inner():\n    return 1\n"
-    BytecodeCache(str(tmp_path / "sidecar")).code("a.py", "/old/a.py", len(source), lambda: source)
+    first = BytecodeCache(str(tmp_path / "sidecar"))
+    first.code("a.py", "/old/a.py", len(source), lambda: source)
+    first.flush()
     cache = BytecodeCache(str(tmp_path / "sidecar"))
     code = cache.code("a.py", "/new/a.py", len(source), lambda: source)
     assert cache.loaded == 1
@@ -152,3 +156,16 @@ def test_a_pyc_that_cannot_be_written_leaves_no_temporary_and_the_others_are_kep
     again = start()
     assert (again.compiled, again.written, again.loaded) == (1, 0, 2)
     assert sorted(p.name for p in leaf.parent.iterdir()) == ["bc_main.pyc", "bc_pkg%2F__init__.pyc", leaf.name]
+
+
+def test_pycs_are_written_by_one_thread_that_ends_when_none_is_left(tmp_path: Path) -> None:
+    cache = BytecodeCache(str(tmp_path / "sidecar"))
+    for index in range(20):
+        source = f"VALUE = {index}\n".encode()
+        cache.code(f"m{index}.py", f"/code/m{index}.py", len(source), lambda source=source: source)
+    cache.flush()
+    assert cache.written == 20
+    assert not [t for t in threading.enumerate() if t.name == "nest-bytecode"]
+    again = BytecodeCache(str(tmp_path / "sidecar"))
+    assert [again.code(f"m{i}.py", f"/code/m{i}.py", len(f"VALUE = {i}\n"), bytes) for i in range(20)]
+    assert (again.loaded, again.compiled) == (20, 0)
