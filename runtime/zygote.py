@@ -35,6 +35,7 @@ import socket
 import sys
 import tempfile
 import time
+import types
 from typing import Any
 
 import uvicorn.lifespan.off
@@ -239,10 +240,33 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+DEBUG_DUMP = "NEST_ZYGOTE_DEBUG_DUMP"
+"""Set to a path: the zygote writes where its objects lie before freezing, for `scripts/cow_pages.py`."""
+
+
+def _dump_objects(path: str) -> None:
+    """One JSON line per object (tracked by the collector, or referred to by one): address, size, type, owner
+    (a code object's or function's module, a module's dict). Debugging only; the dump allocates, so the heap
+    differs slightly from an undebugged zygote's."""
+    owners = {id(vars(module)): f"module {name}" for name, module in list(sys.modules.items())}
+    seen: dict[int, tuple[int, str, str]] = {}
+    for obj in gc.get_objects():
+        for item in (obj, *gc.get_referents(obj)):
+            if id(item) not in seen:
+                code = item.__code__ if isinstance(item, types.FunctionType) else item
+                owner = owners.get(id(item)) or (code.co_filename if isinstance(code, types.CodeType) else "")
+                seen[id(item)] = (sys.getsizeof(item), type(item).__qualname__, owner)
+    with open(path, "w") as out:
+        for address, (size, kind, owner) in seen.items():
+            out.write(json.dumps([address, size, kind, owner]) + "\n")
+
+
 def _serve(control_path: str, status_fd: int, scratch: str) -> int:
     # The zygote runs with the collector off from its first line (`controller/warmpool.py` starts it so) and is
     # frozen without a collection: a collection would free objects and leave holes in shared pages that every
     # child's allocations then fill, copying the page (the `gc.freeze` recipe in Python's documentation).
+    if DEBUG_DUMP in os.environ:
+        _dump_objects(f"{os.environ[DEBUG_DUMP]}.{os.getpid()}")
     gc.freeze()
     if os.path.exists(control_path):
         os.unlink(control_path)
