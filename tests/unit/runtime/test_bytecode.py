@@ -169,3 +169,21 @@ def test_pycs_are_written_by_one_thread_that_ends_when_none_is_left(tmp_path: Pa
     again = BytecodeCache(str(tmp_path / "sidecar"))
     assert [again.code(f"m{i}.py", f"/code/m{i}.py", len(f"VALUE = {i}\n"), bytes) for i in range(20)]
     assert (again.loaded, again.compiled) == (20, 0)
+
+
+def test_two_instances_writing_the_same_pycs_leave_whole_ones(tmp_path: Path) -> None:
+    sidecar = str(tmp_path / "sidecar")
+    sources = {f"m{index}.py": f"VALUE = {index}\n".encode() * 200 for index in range(30)}
+    instances = [BytecodeCache(sidecar), BytecodeCache(sidecar)]
+    for name, source in sources.items():  # both miss every pyc, so both writers race on every name
+        for instance in instances:
+            instance.code(name, f"/code/{name}", len(source), lambda source=source: source)
+    for instance in instances:
+        instance.flush()
+    assert sorted(os.listdir(sidecar)) == sorted(pyc_name(name) for name in sources)
+    reader = BytecodeCache(sidecar)
+    for name, source in sources.items():
+        namespace: dict[str, object] = {}
+        exec(reader.code(name, f"/code/{name}", len(source), bytes), namespace)
+        assert namespace["VALUE"] == int(name[1:-3])
+    assert (reader.loaded, reader.compiled) == (30, 0)
