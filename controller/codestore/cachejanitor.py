@@ -98,12 +98,14 @@ class NodeCache:
 
     def _sidecar_size(self, digest: str, path: Path) -> int:
         try:
-            mtime = os.lstat(path).st_mtime_ns
+            info = os.lstat(path)
         except FileNotFoundError:
             return 0
+        if not stat.S_ISDIR(info.st_mode):
+            return info.st_size  # not the runtime's (it then writes nothing); counted, evicted with the package
         known = self._sidecars.get(digest)
-        if known is None or known[0] != mtime:
-            known = self._sidecars[digest] = (mtime, tree_size(path))
+        if known is None or known[0] != info.st_mtime_ns:
+            known = self._sidecars[digest] = (info.st_mtime_ns, tree_size(path))
         return known[1]
 
     def trash(self, digest: str, *, orphan: bool = False) -> Path | None:
