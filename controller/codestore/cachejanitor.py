@@ -143,6 +143,8 @@ class NodeCache:
                 with contextlib.suppress(OSError):
                     os.chmod(directory, 0o755)
             shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                path.unlink()  # a file (rmtree leaves it)
 
     def purge_trash(self) -> int:
         """Delete what an interrupted eviction left; returns how many trees."""

@@ -74,3 +74,17 @@ def test_an_interrupted_eviction_leaves_no_sidecar_behind(tmp_path: Path) -> Non
     assert trashed.with_name(trashed.name + SIDECAR_SUFFIX).is_dir()
     assert NodeCache(root).purge_trash() == 2
     assert [name for name in os.listdir(tree.parent) if not name.endswith(".lock")] == []
+
+
+def test_a_file_where_the_sidecar_belongs_is_counted_and_evicted(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    digest, tree = materialise(root, tmp_path, 1)
+    in_the_way = tree.with_name(tree.name + SIDECAR_SUFFIX)
+    in_the_way.write_bytes(b"x" * 100)
+    cache = NodeCache(root)
+    [entry] = cache.scan(set())
+    assert entry.size == tree_size(tree) + 100
+    trashed = cache.trash(digest)
+    assert trashed is not None
+    cache.delete([trashed])
+    assert [name for name in os.listdir(tree.parent) if not name.endswith(".lock")] == []
