@@ -107,35 +107,54 @@ def ensure_package(code_dir: Path, digest: str, source: ChunkSource, *, threads:
 
 def _materialise(code_dir: Path, digest: str, source: ChunkSource, threads: int, started: float) -> Materialised:
     head = source.manifest(digest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=code_dir.parent))
     fetched: list[float] = [time.monotonic()]
-    writers: list[_ArchiveWriter | _TreeWriter] = []
+    staging = _Staging(code_dir.parent, f".{digest[:12]}-")
     try:
         try:
-            _run(head, source, threads, functools.partial(_prepare_writer, head, staging, writers), fetched)
+            _run(head, source, threads, functools.partial(staging.prepare, head), fetched)
         finally:
-            for writer in writers:
-                writer.close()
-        writers[0].seal()
-        os.rename(staging, code_dir)
+            staging.close()
+        staging.seal_as(code_dir)
     except BaseException:
-        _make_writable(staging)
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.remove()
         raise
     fetch_ms = (max(fetched) - started) * 1000
     return Materialised(code_dir, round(fetch_ms, 2), round(_ms_since(started) - fetch_ms, 2), cached=False)
 
 
-def _prepare_writer(
-    head: ManifestHead | PackageManifest, staging: Path, writers: list[_ArchiveWriter | _TreeWriter]
-) -> Callable[[int, Bytes], None]:
-    """The rest of the manifest read, and what the chunks are written with made ready (an archive's file and
-    index, a tree's directories): the work `_run` overlaps with the chunks in flight."""
-    manifest = head.complete()
-    writer = _ArchiveWriter(manifest, staging) if manifest.layout is Layout.ARCHIVE else _TreeWriter(manifest, staging)
-    writers.append(writer)
-    writer.prepare()
-    return writer
+@dataclass(slots=True)
+class _Staging:
+    """The directory a package is built in beside its final name, and what writes into it: both made by `prepare`
+    while the first chunks are in flight (on this disk a directory costs ~0.3 ms, reading 1,300 file entries and
+    writing an archive's index ~4 ms)."""
+
+    parent: Path
+    prefix: str
+    directory: Path | None = None
+    writer: _ArchiveWriter | _TreeWriter | None = None
+
+    def prepare(self, head: ManifestHead | PackageManifest) -> Callable[[int, Bytes], None]:
+        self.directory = staging = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.parent))
+        manifest = head.complete()
+        archive = manifest.layout is Layout.ARCHIVE
+        self.writer = writer = _ArchiveWriter(manifest, staging) if archive else _TreeWriter(manifest, staging)
+        writer.prepare()
+        return writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def seal_as(self, code_dir: Path) -> None:
+        assert self.writer is not None, "sealed before prepare"
+        assert self.directory is not None, "sealed before prepare"
+        self.writer.seal()
+        os.rename(self.directory, code_dir)
+
+    def remove(self) -> None:
+        if self.directory is not None:
+            _make_writable(self.directory)
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _run(
