@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import importlib
@@ -245,20 +246,42 @@ DEBUG_DUMP = "NEST_ZYGOTE_DEBUG_DUMP"
 
 
 def _dump_objects(path: str) -> None:
-    """One JSON line per object (tracked by the collector, or referred to by one): address, size, type, owner
-    (a code object's or function's module, a module's dict). Debugging only; the dump allocates, so the heap
-    differs slightly from an undebugged zygote's."""
+    """One JSON line per object reachable from those the collector tracks (and a code object's parts): address,
+    size, type, owner (a module's dict; a code object's file, inherited by its constants and names). Debugging
+    only; the dump allocates, so the heap differs slightly from an undebugged zygote's."""
     owners = {id(vars(module)): f"module {name}" for name, module in list(sys.modules.items())}
     seen: dict[int, tuple[int, str, str]] = {}
-    for obj in gc.get_objects():
-        for item in (obj, *gc.get_referents(obj)):
-            if id(item) not in seen:
-                code = item.__code__ if isinstance(item, types.FunctionType) else item
-                owner = owners.get(id(item)) or (code.co_filename if isinstance(code, types.CodeType) else "")
-                seen[id(item)] = (sys.getsizeof(item), type(item).__qualname__, owner)
+    pending: list[tuple[object, str]] = [(item, "") for item in gc.get_objects()]
+    while pending:
+        item, owner = pending.pop()
+        if id(item) in seen:
+            continue
+        code = item.__code__ if isinstance(item, types.FunctionType) else item
+        owner = owners.get(id(item)) or (code.co_filename if isinstance(code, types.CodeType) else owner)
+        seen[id(item)] = (sys.getsizeof(item), type(item).__qualname__, owner)
+        seen.update(_buffers(item, owner))
+        parts = CODE_PARTS if isinstance(item, types.CodeType) else ()
+        referents = [getattr(item, name) for name in parts] if parts else gc.get_referents(item)
+        pending.extend((referent, owner if parts or isinstance(item, tuple) else "") for referent in referents)
     with open(path, "w") as out:
         for address, (size, kind, owner) in seen.items():
             out.write(json.dumps([address, size, kind, owner]) + "\n")
+
+
+CODE_PARTS = ("co_consts", "co_names", "co_linetable", "co_exceptiontable", "co_name", "co_qualname", "co_filename")
+"""A code object's parts stored in it (3.11); the collector does not see them."""
+
+
+BUFFERS: dict[type, tuple[int, int, str]] = {dict: (32, 48, "dict keys"), list: (24, 56, "list items")}
+"""Where a dict's key table and a list's item array are (pointer offset in the object, object size without)."""
+
+
+def _buffers(item: object, owner: str) -> dict[int, tuple[int, str, str]]:
+    """The separately allocated memory of a dict or a list, which copied pages often hold (CPython 3.11 layout)."""
+    layout = BUFFERS.get(type(item))
+    size = sys.getsizeof(item) - layout[1] if layout else 0
+    pointer = ctypes.c_void_p.from_address(id(item) + layout[0]).value if layout and size > 0 else None
+    return {pointer: (size, layout[2], owner)} if layout and pointer else {}
 
 
 def _serve(control_path: str, status_fd: int, scratch: str) -> int:
