@@ -95,7 +95,12 @@ def test_a_manifest_whose_chunks_were_not_sent_is_refused_then_taken(platform: P
 
 
 def cached(platform: Platform) -> set[str]:
-    return {path.name for path in (platform.data_dir / "cache").glob("??/*") if not path.name.startswith(".")}
+    """Packages in the node cache, and their bytecode sidecars (`<digest>.pyc`) as `<digest>+pyc`."""
+    return {
+        path.name.replace(".pyc", "+pyc")
+        for path in (platform.data_dir / "cache").glob("??/*")
+        if not path.name.startswith(".")
+    }
 
 
 def test_the_node_cache_evicts_old_versions_past_its_budget(tmp_path: Path) -> None:
@@ -109,7 +114,8 @@ def test_the_node_cache_evicts_old_versions_past_its_budget(tmp_path: Path) -> N
             assert http.post("/function/evict").json() == {"value": 1}
         described = running.describe("evict")
         first, first_version = described["versions"][0]["code_digest"], described["version"]  # type: ignore[index]
-        assert cached(running) == {first}
+        # the sidecar is written by the instance's background writer, just after its imports
+        running.wait_for(lambda: cached(running) == {first, f"{first}+pyc"}, what="the package and its sidecar")
         (directory / "lib" / "helper.py").write_text(f"VALUE = 2\n{padding}")
         running.cli("deploy", str(directory))
         with running.http() as http:
@@ -123,7 +129,9 @@ def test_the_node_cache_evicts_old_versions_past_its_budget(tmp_path: Path) -> N
 
         running.wait_for(first_version_stopped, what="the old version's instance to stop")
         running.cli("deploy", str(directory))  # unchanged: still a deploy, so the janitor sweeps
-        running.wait_for(lambda: cached(running) == {second}, what="the old version's package to be evicted")
+        running.wait_for(
+            lambda: cached(running) == {second, f"{second}+pyc"}, what="the old version's package and sidecar evicted"
+        )
         log = next(tmp_path.glob("nest-up-*.log")).read_text()
         assert "code cache: evicted 1 packages" in log
         assert not list((running.data_dir / "cache").glob("??/.trash-*")), "trash deleted"
