@@ -106,7 +106,8 @@ def generate(root: Path, megabytes: float, seed: int = 20) -> tuple[int, int]:
 def cold_start(source: ChunkSource, digest: str, cache: Path, threads: int) -> tuple[float, float, float]:
     """Milliseconds from nothing on the node to the handler importable (the code in place, an archive's finder
     installed: what this issue's pipeline does), then to `main` imported (compiling main and the five modules it
-    imports, ~20 ms whatever the mode: neither layout caches bytecode), and the CPU time this process (all its
+    imports, ~20 ms whatever the mode: a cold node holds no bytecode for the package yet; bench_bytecode measures
+    the later starts that find it), and the CPU time this process (all its
     threads) spent on the first: unlike the wall time, it hardly moves with the load of this shared machine."""
     target = cache / digest[:2] / digest
     cpu = time.process_time()
