@@ -12,9 +12,9 @@ pool, the native adapter) with a throwaway handler, and it runs twice:
   -0.45 MiB. Running it more often (to quicken the bytecode) gains nothing: quickened code is written to by its
   inline caches on every run, so instances copy it anyway. No collection follows: it would free objects and
   leave holes in shared pages that every child's allocations then fill, copying them. The code the rehearsal
-  ran is then copied to fresh memory, side by side (`_relocate`), and rehearsed once more, so that the copies
-  and the functions now pointing at them are specialised here rather than in each instance. Measured with
-  bench_density (3 runs each, alternated): idle pool instance 4.5 -> 4.0 MiB, claimed instance 5.5 -> 5.0 MiB.
+  ran is then copied to fresh memory, side by side (`_relocate`). Measured with bench_density (3 runs each,
+  alternated): idle pool instance 4.5 -> 4.0 MiB, claimed instance 5.5 -> 5.0 MiB. Rehearsing the copies once
+  more (to specialise them here) gained nothing and cost the zygote's start-up ~0.2 s.
 - In each idle instance, while it waits for a claim: the claimed instance then finds the pages it writes
   already its own. Measured with bench_cold_start: pool p50 13.0 ms -> 9.4 ms. It does only what a claimed
   instance does (no argparse, no temporary-directory machinery, a bare socket as the client): any other code
@@ -130,7 +130,6 @@ def settle(scratch: str) -> None:
     not: forking with one would hand each instance a copy of a thread that does not exist."""
     try:
         MOVED_FROM.extend(_relocate(_executed(lambda: rehearse(scratch, join=True))))
-        rehearse(scratch, join=True)
     except Exception as exc:
         sys.stderr.write(f"zygote rehearsal failed: {exc!r}\n")
     if threading.active_count() != 1:
