@@ -6,7 +6,8 @@ of the start-up mechanism, not of what is imported. USS = Private_Clean + Privat
 Also reported: where a pooled instance's unique memory sits (/proc/PID/smaps by mapping: the malloc heap,
 anonymous maps, i.e. pymalloc arenas, libpython's data) and the USS of an idle, unclaimed pool instance. Nearly
 all of it is copy-on-write copies of zygote pages the instance wrote to: on CPython 3.11 every object touched
-has its refcount written, so each page holding one is copied. Prints one JSON line.
+has its refcount written, so each page holding one is copied. Prints one JSON line. Which objects lie on the
+copied pages: `scripts/cow_pages.py`.
 
 Run: .venv/bin/python -m tests.bench.bench_density [--instances 4]
 """
