@@ -6,6 +6,7 @@ Applied by the instance itself (not with `preexec_fn` in the parent, which is un
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import signal
 import sys
@@ -56,3 +57,17 @@ def limit_memory(memory_bytes: int, concurrency: int, *, address_space: bool = T
     except (OSError, ValueError) as exc:
         return f"memory limit not applied: {exc}"
     return f"address-space limit {limit // 1024**2} MiB"
+
+
+def close_inherited(*, keep: int) -> None:
+    """Close every descriptor but stdio and `keep` (the status pipe): whatever the parent left open must not reach
+    the function. uvloop's subprocess spawn leaves its own duplicates of the child's stdio (/dev/null, the log
+    file) and a pipe of the platform's in a fresh instance; a forked one inherits the zygote's and its rehearsal's.
+    """
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    top = top if top != resource.RLIM_INFINITY else 65536
+    if keep < 3:  # nothing to keep (no status pipe) beyond stdio
+        os.closerange(3, top)
+        return
+    os.closerange(3, keep)
+    os.closerange(keep + 1, top)

@@ -29,7 +29,6 @@ import importlib
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -46,7 +45,7 @@ import uvicorn.protocols.websockets.auto
 
 import runtime.main
 from runtime.config import RuntimeConfig, parse_args
-from runtime.limits import die_with_parent, set_process_name
+from runtime.limits import close_inherited, die_with_parent, set_process_name
 from runtime.rehearsal import rehearse, settle
 
 MESSAGE_MAX = 256 * 1024
@@ -87,21 +86,12 @@ def _detach(request: dict[str, Any], closing: list[socket.socket]) -> None:
     die_with_parent()
 
 
-def _close_inherited(*, keep: int) -> None:
-    """Close every descriptor but stdio and `keep`: whatever the zygote or the rehearsal held (e.g. the
-    duplicates of the platform's stdout that uvloop's spawn leaves in a child) must not reach the function."""
-    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    top = top if top != resource.RLIM_INFINITY else 65536
-    os.closerange(3, keep)
-    os.closerange(keep + 1, top)
-
-
 def _specialize(claim: dict[str, Any], status_fd: int, log_fd: int) -> int:
     """Become one function's instance: its log, working directory and environment, then the runtime."""
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    _close_inherited(keep=status_fd)
+    close_inherited(keep=status_fd)
     os.chdir(claim["cwd"])
     os.environ.clear()
     os.environ.update(claim["env"])
@@ -221,7 +211,7 @@ def _warm_up() -> None:
 
 def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     die_with_parent()
-    _close_inherited(keep=status_fd)
+    close_inherited(keep=status_fd)
     set_process_name("nest-zygote")
     for module in preload:
         importlib.import_module(module)

@@ -26,7 +26,17 @@ def handle(request):
         "leak": os.environ.get("NEST_LEAK_CHECK"),
         "mine": os.environ.get("MINE"),
         "cwd": os.getcwd(),
+        "stdio_copies": stdio_copies(),
     }
+
+
+def stdio_copies():
+    # descriptors past stdio pointing where stdin or stdout do (/dev/null, the log): copies of the parent's, but
+    # for one /dev/null libuv opens itself (a descriptor it keeps in reserve for when the process runs out)
+    targets = [os.readlink(f"/proc/self/fd/{fd}") for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2
+               and os.path.exists(f"/proc/self/fd/{fd}")]
+    log, null = os.readlink("/proc/self/fd/1"), os.readlink("/proc/self/fd/0")
+    return targets.count(log) + max(0, targets.count(null) - 1)
 """
 
 
@@ -50,6 +60,7 @@ def test_pool_and_fresh_instances_serve_alike_and_see_only_their_environment(pla
     with platform.http() as http:
         pooled = http.get("/function/pooled").json()
         fresh = http.get("/function/fresh").json()
+    assert (pooled["stdio_copies"], fresh["stdio_copies"]) == (0, 0), "no copy of the parent's descriptors"
     assert pooled["preloaded"] is True, "the pool's preloads are already imported"
     assert fresh["preloaded"] is False
     for seen, mine in ((pooled, "pooled"), (fresh, "fresh")):
