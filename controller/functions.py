@@ -31,7 +31,7 @@ from nest.contracts.manifest import Manifest, parse_manifest, validate_name
 from nest.contracts.model import Route, VersionKey
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Collection
     from pathlib import Path
 
     from controller.codestore.chunkstore import StoredPackage
@@ -51,8 +51,9 @@ class ServiceConfig:
     public_url: str
     """Base URL users reach the gateway at, for the function URLs we print."""
     max_unpacked_bytes: int = 512 * 1024**2
-    pools: frozenset[str] = frozenset({"default", "none"})
-    """Pools a function may name; a deploy naming another is refused (the pool would not exist)."""
+    pools: Callable[[], Collection[str]] = lambda: ("default", "none")
+    """The pools a function may name now (a pools-file reload adds and removes some); a deploy naming another
+    is refused (the pool would not exist)."""
     chunk_root: Path | None = None
     """Where chunked packages are kept (`codestore/chunkstore.py`); default `<code_root>/../chunks`."""
 
@@ -160,12 +161,12 @@ class FunctionService:
         manifest = parse_manifest(package.manifest_text)
         if manifest.name != name:
             raise InvalidInput("name", f"nest.yaml names the function {manifest.name!r} but it is deployed as {name!r}")
-        if manifest.pool not in self._config.pools:
-            known = ", ".join(sorted(self._config.pools))
+        pools = self._config.pools()
+        if manifest.pool not in pools:
             raise InvalidInput(
                 "pool",
-                f"unknown pool {manifest.pool!r} (this Nest has: {known}); declare it with"
-                f" `nest up --pool {manifest.pool}=module,module`",
+                f"unknown pool {manifest.pool!r} (this Nest has: {', '.join(sorted(pools))}); declare it with"
+                f" `nest up --pool {manifest.pool}=module,module` or in the pools file, then reload (SIGHUP)",
             )
         key = VersionKey(FunctionName(name), version_of(package.digest, manifest))
         async with self._lock:

@@ -106,6 +106,8 @@ class WarmPools:
         self._confine = confine
         self._on_stale = on_stale
         self._pools: dict[str, _Pool] = {}
+        self.declared = frozenset({"default", *config.settings})
+        """The pools a function may name: those configured, as of the last reload (whether or not they run)."""
         self._group: asyncio.TaskGroup | None = None
         self._platform_pid = os.getpid()
 
@@ -182,6 +184,7 @@ class WarmPools:
         """Apply new pool settings (a reload): new pools start, removed ones stop, a pool whose preloads changed
         gets a new zygote (ready before the old one goes) and its instances are replaced."""
         settings = {"default": PoolSettings(), **settings}
+        self.declared = frozenset(settings)  # a deploy may name a new pool at once, and no longer a removed one
         for name in [name for name in self._pools if name not in settings]:
             removed = self._pools.pop(name)
             await self._retire(name, removed, replaced_by=removed.zygote.generation + 1)

@@ -111,7 +111,7 @@ async def run(config: EmbeddedConfig) -> None:
             code_root=data_dir / "code",
             log_dir=data_dir / "logs",
             public_url=f"http://{public_host}:{config.port}",
-            pools=frozenset({"default", "none", *config.pools}),
+            pools=lambda: {"none", *local.warm_pools.declared},
         ),
     )
     _check_ports(table, fleet, table, autoscaler, service, local)

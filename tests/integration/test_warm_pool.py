@@ -297,6 +297,32 @@ def test_reloading_the_pools_file_replaces_instances_without_dropping_a_request(
         assert stop_platform(running) == []
 
 
+def test_a_pool_added_by_a_reload_can_be_named_at_once_and_a_removed_one_no_longer(tmp_path: Path) -> None:
+    from tests.integration.conftest import start_platform, stop_platform
+
+    config = pools_file(tmp_path / "pools.yaml", "colorsys")
+    running = start_platform(tmp_path / "data", tmp_path / "work", extra=("--pools", str(config)))
+    try:
+        directory = running.write_function("newcomer", RELOADED, "pool: science\n")
+        refused = running.cli("deploy", str(directory), check=False)
+        assert refused.returncode != 0
+        assert "unknown pool 'science'" in refused.stderr
+        config.write_text("pools:\n  science:\n    preload: [wave]\n")  # adds science, removes models
+        running.process.send_signal(signal.SIGHUP)
+        running.wait_for(
+            lambda: running.cli("deploy", str(directory), check=False).returncode == 0,
+            timeout_s=30,
+            what="a deploy naming the reloaded pool accepted",
+        )
+        with running.http() as http:
+            assert http.get("/function/newcomer").json()["preloaded"] == ["wave"]
+        gone = running.write_function("latecomer", RELOADED, "pool: models\n")
+        refused = running.cli("deploy", str(gone), check=False)
+        assert "unknown pool 'models'" in refused.stderr, "a removed pool can no longer be named"
+    finally:
+        assert stop_platform(running) == []
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -44,6 +44,7 @@ async def test_claims_reloads_and_a_dead_zygote(tmp_path: Path) -> None:
         "extra": PoolSettings(preload=("colorsys",), min_idle=0, max_idle=2),
     }
     pools = WarmPools(PoolsConfig(tmp_path, sys.executable, ROOT, settings), on_stale=lambda *a: stale.append(a))
+    assert pools.declared == {"default", "extra"}
     assert await pools.start()
     running = asyncio.create_task(pools.run())
     try:
@@ -67,6 +68,7 @@ async def test_claims_reloads_and_a_dead_zygote(tmp_path: Path) -> None:
         assert pools.generation("extra") == generation + 1
         assert stale == [("extra", generation + 1)], "instances of the old zygote are named for replacement"
         assert "wave" in stats(pools, "extra")["preload"]  # type: ignore[operator]
+        assert pools.declared == {"default", "extra"}
 
         zygote = pools.zygote("default")
         assert zygote is not None
