@@ -82,16 +82,6 @@ class _Broken(FakeChunkSource):
         raise OSError("connection reset")
 
 
-def test_a_failed_materialisation_leaves_nothing_behind(tmp_path: Path) -> None:
-    built = package(tmp_path / "fn")
-    target = cache_dir_for(tmp_path / "cache", built.manifest.digest)
-    with pytest.raises(OSError, match="connection reset"):
-        ensure_package(target, built.manifest.digest, _Broken(built.manifest, built.chunks))
-    assert [p.name for p in target.parent.iterdir()] == [f".{built.manifest.digest}.lock"]
-    done = ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
-    assert not done.cached
-
-
 class _BadFiles(FakeChunkSource):
     """A manifest whose chunk list reads but whose files do not: the chunks are in flight when that is found."""
 
@@ -101,9 +91,20 @@ class _BadFiles(FakeChunkSource):
         return ManifestHead(head.codec, head.chunks, head.document.replace(b'"files":[', b'"files":[1,'))
 
 
-def test_a_manifest_failing_while_chunks_are_fetched_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [
+        (_Broken, OSError, "connection reset"),  # a chunk fails
+        (_BadFiles, InvalidInput, "not a Nest package manifest"),  # the files fail while chunks are in flight
+    ],
+)
+def test_a_failed_materialisation_leaves_nothing_behind(
+    tmp_path: Path, source: type[FakeChunkSource], error: type[Exception], match: str
+) -> None:
     built = package(tmp_path / "fn")
     target = cache_dir_for(tmp_path / "cache", built.manifest.digest)
-    with pytest.raises(InvalidInput, match="not a Nest package manifest"):
-        ensure_package(target, built.manifest.digest, _BadFiles(built.manifest, built.chunks))
+    with pytest.raises(error, match=match):
+        ensure_package(target, built.manifest.digest, source(built.manifest, built.chunks))
     assert [p.name for p in target.parent.iterdir()] == [f".{built.manifest.digest}.lock"]
+    done = ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
+    assert not done.cached
