@@ -326,9 +326,10 @@ def test_a_pool_added_by_a_reload_can_be_named_at_once_and_a_removed_one_no_long
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):  # gone, or reaped between the two
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_nest_up_refuses_a_bad_pools_file_naming_the_field(tmp_path: Path) -> None:
