@@ -111,7 +111,7 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
     def code(self, path: str) -> CodeType:
         """The compiled code of a package `.py` file, through the sidecar."""
         relative = os.path.relpath(path, self.code_dir)
-        return self.bytecode.code(relative, path, self._range(path)[1], lambda: self.read(path))
+        return self.bytecode.code(relative, path, self._range(relative)[1], lambda: self.read(relative))
 
     def _range(self, path: str) -> tuple[int, int]:
         relative = os.path.relpath(path, self.code_dir) if os.path.isabs(path) else path

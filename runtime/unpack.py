@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 THREADS = 4
 """Chunks in flight at once: fetching waits on the network, so more than the two cores here pays (measured)."""
 _WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHARED_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ChunkSource(Protocol):
@@ -218,10 +219,7 @@ class _ArchiveWriter:
         write_index(str(self._staging), self._manifest)
 
     def __call__(self, index: int, raw: Bytes) -> None:
-        view, position = memoryview(raw), self._starts[index]
-        while view:
-            written = os.pwrite(self._descriptor, view, position)
-            view, position = view[written:], position + written
+        _write_all(self._descriptor, raw, self._starts[index])
 
     def close(self) -> None:
         os.close(self._descriptor)
@@ -270,21 +268,11 @@ class _TreeWriter:
     def __call__(self, index: int, raw: Bytes) -> None:
         view = memoryview(raw)
         for piece in self._plan.pieces[index]:
-            data = view[piece.chunk_offset : piece.chunk_offset + piece.length]
-            path = self._staging / piece.path
-            if piece.shared:
-                descriptor = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    while data:
-                        written = os.pwrite(descriptor, data, piece.file_offset)
-                        data, piece.file_offset = data[written:], piece.file_offset + written
-                finally:
-                    os.close(descriptor)
-                continue
-            descriptor = os.open(path, _WRITE, piece.mode)
+            # a file spanning chunks exists already (`_prepare`); any other is created here, read-only
+            flags = _SHARED_WRITE if piece.shared else _WRITE
+            descriptor = os.open(self._staging / piece.path, flags, piece.mode)
             try:
-                while data:
-                    data = data[os.write(descriptor, data) :]
+                _write_all(descriptor, view[piece.chunk_offset : piece.chunk_offset + piece.length], piece.file_offset)
             finally:
                 os.close(descriptor)
 
@@ -296,6 +284,13 @@ class _TreeWriter:
         for link in self._manifest.links:
             os.symlink(link.target, self._staging / link.path)
         _seal(self._staging, self._plan)
+
+
+def _write_all(descriptor: int, data: Bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(descriptor, view, position)
+        view, position = view[written:], position + written
 
 
 def _seal(staging: Path, plan: _Plan) -> None:
