@@ -49,21 +49,22 @@ class _VerifyingSource:
 
     def manifest(self, digest: str) -> ManifestHead | PackageManifest:
         """The verified manifest's codec and chunks; its files read by `complete()` (while chunks are fetched)."""
-        for attempt in range(1, ATTEMPTS + 1):
-            data = self._get("manifests", digest, MAX_MANIFEST_BYTES)
-            if hashlib.sha256(data).hexdigest() == digest:
-                return read_verified_manifest(bytes(data))
-            self._mismatch("manifest", digest, attempt)
-        raise AssertionError("unreachable")
+        return read_verified_manifest(bytes(self._verified("manifests", digest, MAX_MANIFEST_BYTES)))
 
     def chunk(self, ref: ChunkRef, buffer: bytearray | None = None) -> Bytes:
         """The chunk's bytes, digest verified, received into `buffer` (`ref.size` bytes or more) if given: the
         caller reuses one per thread, and the bytes returned are a view of it until its next use."""
+        return self._verified("chunks", ref.digest, ref.size, buffer, size=ref.size)
+
+    def _verified(
+        self, kind: str, digest: str, limit: int, buffer: bytearray | None = None, *, size: int | None = None
+    ) -> Bytes:
+        """The object's bytes once their sha256 (and `size`, if given) match; fetched again up to `ATTEMPTS` times."""
         for attempt in range(1, ATTEMPTS + 1):
-            data = self._get("chunks", ref.digest, ref.size, buffer)
-            if len(data) == ref.size and hashlib.sha256(data).hexdigest() == ref.digest:
+            data = self._get(kind, digest, limit, buffer)
+            if (size is None or len(data) == size) and hashlib.sha256(data).hexdigest() == digest:
                 return data
-            self._mismatch("chunk", ref.digest, attempt)
+            self._mismatch(kind.removesuffix("s"), digest, attempt)
         raise AssertionError("unreachable")
 
     def _mismatch(self, kind: str, digest: str, attempt: int) -> None:
