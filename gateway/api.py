@@ -13,8 +13,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
+from gateway.codeupload.api import read_bounded
 from gateway.errors import MethodNotAllowed, send_error
-from nest.contracts.errors import InvalidInput, NestError, NotFound, PayloadTooLarge
+from nest.contracts.errors import InvalidInput, NestError, NotFound
 from nest.contracts.manifest import validate_name
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.ports import ControlPlane
 
 MAX_TAIL = 10_000
+EMPTY_PACKAGE = "the request body is empty (send the package that `nest deploy` builds)"
 CODE_PREFIX = "/api/v1/code/"
 _CACHE_FOREVER = (b"cache-control", b"public, max-age=31536000, immutable")
 
@@ -72,7 +74,9 @@ class ControlApi:
           413: {description: "package larger than the limit"}
         """
         name = _name(request)
-        archive = await _read_bounded(request, self.max_package_bytes)
+        archive = await read_bounded(
+            request, self.max_package_bytes, "package", empty=InvalidInput("package", EMPTY_PACKAGE)
+        )
         result = await self.control.deploy(name, archive)
         return JSONResponse(result, status_code=201 if result.get("created") else 200)
 
@@ -215,19 +219,3 @@ def _int_param(request: Request, key: str, *, default: int, low: int, high: int)
     if not low <= value <= high:
         raise InvalidInput(key, f"{value} is outside {low}..{high}")
     return value
-
-
-async def _read_bounded(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge("package", limit)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("package", limit)
-        parts.append(chunk)
-    if not size:
-        raise InvalidInput("package", "the request body is empty (send the package that `nest deploy` builds)")
-    return b"".join(parts)

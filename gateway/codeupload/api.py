@@ -116,8 +116,9 @@ class CodeUploadApi:
         return JSONResponse({"digest": digest, "stored": written}, status_code=201 if written else 200)
 
 
-async def read_bounded(request: Request, limit: int, what: str) -> bytes:
-    """The body, refused (413) as soon as it passes `limit` bytes, declared or streamed; 400 if empty."""
+async def read_bounded(request: Request, limit: int, what: str, *, empty: InvalidInput | None = None) -> bytes:
+    """The body, refused (413) as soon as it passes `limit` bytes, declared or streamed; 400 if empty (`empty`,
+    else a `FieldError` naming `what`)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(what, limit)
@@ -129,5 +130,5 @@ async def read_bounded(request: Request, limit: int, what: str) -> bytes:
             raise PayloadTooLarge(what, limit)
         parts.append(piece)
     if not size:
-        raise FieldError(what, "the request body is empty")
+        raise empty if empty is not None else FieldError(what, "the request body is empty")
     return b"".join(parts)
