@@ -1,13 +1,22 @@
 """Importing a function's modules straight from a `layout: archive` package (`runtime/unpack.py` wrote it).
 
-The node cache holds the package as one file of every file's bytes (`files.bin`, memory-mapped here) and its
-manifest. `ArchiveFinder` maps module names to byte ranges: `a/b/__init__.py` is package `a.b`, `a/b/c.py` module
-`a.b.c`, a directory without `__init__.py` a namespace package, as the path finder would see the tree. Modules get
-the `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of
-the package (so `pkgutil.get_data` works); a plain `open()` of a package file, C extensions and directory symlinks
-need `layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree:
-the loader looks the pyc up by the file's path in the package and checks it against the size the index holds,
-so a start that finds it reads no source at all.
+The node cache holds the package as one file of its chunks *as fetched* (`chunks.bin`, compressed, memory-mapped
+here) and an index. `ArchiveFinder` maps module names to byte ranges of the raw stream: `a/b/__init__.py` is
+package `a.b`, `a/b/c.py` module `a.b.c`, a directory without `__init__.py` a namespace package, as the path finder
+would see the tree. Reading a file decodes the chunk(s) holding it, on first use, and keeps the last two decoded
+(`CHUNKS_KEPT`): a cold node stores only the compressed bytes (one write of ~1/5 of the size, no decompression
+before the handler can be imported), and a start decodes only the chunks its imports read. Modules get the
+`__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of the
+package (so `pkgutil.get_data` works); a plain `open()` of a package file, C extensions and directory symlinks need
+`layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree: the
+loader looks the pyc up by the file's path in the package and checks it against the size the index holds, so a
+start that finds it reads (and decodes) no source at all.
+
+Measured (bench_code_fetch, 20 MB of sources in 19 chunks, zstd): 11-14 ms from nothing on the node to the handler
+importable over HTTP, where decoding every chunk first took 26-39 ms; docs/architecture.md, Code packages.
+
+An archive written before chunks were kept compressed (`files.bin`, the raw stream) is still read, as one
+uncompressed chunk.
 
 The finder sits just before the path finder on `sys.meta_path`: the function's modules shadow installed ones, as
 the tree's entry at the front of `sys.path` does, but never builtins or frozen modules.
@@ -15,6 +24,8 @@ the tree's entry at the front of `sys.path` does, but never builtins or frozen m
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -23,8 +34,12 @@ import mmap
 import os
 import posixpath
 import sys
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from nest.contracts.chunks import Codec, decompress
+from nest.contracts.errors import InvalidInput
 from runtime.loading import BytecodeCache, sidecar_for
 
 if TYPE_CHECKING:
@@ -33,19 +48,28 @@ if TYPE_CHECKING:
 
     from nest.contracts.chunks import PackageManifest
 
-ARCHIVE_FILE = "files.bin"
-"""The raw stream of every file's bytes, in manifest order."""
+ARCHIVE_FILE = "chunks.bin"
+"""Every chunk as fetched (verified, still compressed), one after the other in manifest order."""
+LEGACY_FILE = "files.bin"
+"""The raw stream of every file's bytes: what archives held before their chunks were kept compressed."""
 ARCHIVE_INDEX = "index.marshal"
 """`build_index` of the manifest, written with the archive: loading it takes ~0.3 ms where parsing the manifest
 and deriving module names took ~5 ms for 1,300 files, on every start (a warm node cache must add <= 2 ms)."""
+CHUNKS_KEPT = 2
+"""Decoded chunks an instance keeps (~1.1 MiB each): a package's modules lie in path order, so the imports of one
+package read one chunk after the other, and a decoded chunk is not needed again once its modules are compiled."""
 
-Index = tuple[dict[str, tuple[int, int]], dict[str, tuple[str | None, bool]]]
-"""(file -> (start, size) in the stream, module name -> (file or None for a namespace package, is a package))"""
+Chunk = tuple[int, int, int, str]
+"""Where a chunk starts in `ARCHIVE_FILE`, its size there, its raw size, its digest (sha256 of what is stored)."""
+Index = tuple[dict[str, tuple[int, int]], dict[str, tuple[str | None, bool]], str, tuple[Chunk, ...]]
+"""(file -> (start, size) in the raw stream, module name -> (file or None for a namespace package, is a
+package), codec, the chunks)"""
 
 
 def build_index(manifest: PackageManifest) -> Index:
-    """Pure: where each file's bytes are, and which module each `.py` file (or directory) is, as the path finder
-    would see the tree: `__init__.py` makes a package, a directory without one a namespace package."""
+    """Pure: where each file's bytes are, which module each `.py` file (or directory) is, as the path finder
+    would see the tree (`__init__.py` makes a package, a directory without one a namespace package), and where
+    each chunk is in `ARCHIVE_FILE`."""
     starts = manifest.chunk_starts()
     ranges = {
         entry.path: ((starts[entry.chunk] if starts else 0) + entry.offset, entry.size) for entry in manifest.files
@@ -66,7 +90,20 @@ def build_index(manifest: PackageManifest) -> Index:
         for depth in range(1, len(parts)):
             modules.setdefault(".".join(parts[:depth]), (None, True))
     modules.pop("", None)
-    return ranges, modules
+    chunks = tuple(
+        (start, chunk.size, chunk.raw_size, chunk.digest)
+        for start, chunk in zip(packed_starts(manifest), manifest.chunks, strict=True)
+    )
+    return ranges, modules, manifest.codec.value, chunks
+
+
+def packed_starts(manifest: PackageManifest) -> list[int]:
+    """Where each chunk begins in `ARCHIVE_FILE` (its compressed sizes added up)."""
+    starts, position = [], 0
+    for chunk in manifest.chunks:
+        starts.append(position)
+        position += chunk.size
+    return starts
 
 
 def write_index(directory: str, manifest: PackageManifest) -> None:
@@ -75,17 +112,83 @@ def write_index(directory: str, manifest: PackageManifest) -> None:
 
 
 def is_archive(code_dir: str) -> bool:
-    return os.path.isfile(os.path.join(code_dir, ARCHIVE_FILE))
+    return os.path.isfile(os.path.join(code_dir, ARCHIVE_INDEX))
 
 
 def install(code_dir: str) -> ArchiveFinder:
     """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder)."""
     with open(os.path.join(code_dir, ARCHIVE_INDEX), "rb") as file:
-        ranges, modules = marshal.loads(file.read())  # marshal.load(file) reads piecemeal: 25x slower
-    finder = ArchiveFinder(code_dir, ranges, modules, BytecodeCache(sidecar_for(code_dir)))
+        index = marshal.loads(file.read())  # marshal.load(file) reads piecemeal: 25x slower
+    if len(index) == 2:  # a `LEGACY_FILE` archive: the raw stream, i.e. one chunk stored as is
+        ranges, modules = index
+        size = os.path.getsize(os.path.join(code_dir, LEGACY_FILE))
+        stream = ChunkStream(os.path.join(code_dir, LEGACY_FILE), Codec.NONE, ((0, size, size, ""),))
+    else:
+        ranges, modules, codec, chunks = index
+        stream = ChunkStream(os.path.join(code_dir, ARCHIVE_FILE), Codec(codec), chunks)
+    finder = ArchiveFinder(code_dir, ranges, modules, stream, BytecodeCache(sidecar_for(code_dir)))
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)
     return finder
+
+
+class ChunkStream:
+    """The raw stream of a package read from its chunks in `path`: each verified against its digest and decoded
+    on first use (a chunk damaged in the node cache since it was fetched is never imported: ~0.1 ms of sha256 for
+    a ~200 KiB zstd chunk), the last `CHUNKS_KEPT` kept. Thread-safe (imports and `get_data` may come from any
+    thread)."""
+
+    def __init__(self, path: str, codec: Codec, chunks: Sequence[Chunk]) -> None:
+        self.path, self.codec = path, codec
+        self._chunks = chunks
+        self._raw_starts, position = [], 0
+        for _, _, raw_size, _ in chunks:
+            self._raw_starts.append(position)
+            position += raw_size
+        self._decoded: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        with open(path, "rb") as file:
+            empty = os.fstat(file.fileno()).st_size == 0
+            self._data = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._view = memoryview(self._data)  # slices of it are handed to the decoder without a copy
+
+    @property
+    def decoded(self) -> int:
+        """How many decoded chunks are kept now."""
+        return len(self._decoded)
+
+    def read(self, start: int, size: int) -> bytes:
+        """`size` bytes of the raw stream from `start`."""
+        if self.codec is Codec.NONE:  # stored as is: the file is the raw stream
+            return bytes(self._data[start : start + size])
+        parts, index = [], bisect.bisect_right(self._raw_starts, start) - 1
+        while size > 0:
+            chunk = self._chunk(index)
+            offset = start - self._raw_starts[index]
+            part = chunk[offset : offset + size]
+            parts.append(part)
+            start, size, index = start + len(part), size - len(part), index + 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _chunk(self, index: int) -> bytes:
+        with self._lock:
+            found = self._decoded.get(index)
+            if found is not None:
+                self._decoded.move_to_end(index)
+                return found
+            packed_start, packed_size, raw_size, digest = self._chunks[index]
+            packed = self._view[packed_start : packed_start + packed_size]
+            if hashlib.sha256(packed).hexdigest() != digest:
+                raise InvalidInput(
+                    "package",
+                    f"chunk {index} ({digest[:12]}) of {self.path} was damaged in the node cache since it was "
+                    "fetched; delete that directory and the next start fetches it again",
+                )
+            raw = decompress(self.codec, packed, raw_size)
+            self._decoded[index] = raw
+            while len(self._decoded) > CHUNKS_KEPT:
+                self._decoded.popitem(last=False)
+            return raw
 
 
 class ArchiveFinder(importlib.abc.MetaPathFinder):
@@ -94,19 +197,18 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
         code_dir: str,
         ranges: dict[str, tuple[int, int]],
         modules: dict[str, tuple[str | None, bool]],
+        stream: ChunkStream,
         bytecode: BytecodeCache,
     ) -> None:
         self.code_dir = code_dir
         self._ranges, self._modules = ranges, modules
+        self.stream = stream
         self.bytecode = bytecode
-        with open(os.path.join(code_dir, ARCHIVE_FILE), "rb") as file:
-            empty = os.fstat(file.fileno()).st_size == 0
-            self._data = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def read(self, path: str) -> bytes:
         """The bytes of a package file, by absolute path or path inside the package; `FileNotFoundError` if none."""
         start, size = self._range(path)
-        return bytes(self._data[start : start + size])
+        return self.stream.read(start, size)
 
     def code(self, path: str) -> CodeType:
         """The compiled code of a package `.py` file, through the sidecar."""

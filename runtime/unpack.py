@@ -6,7 +6,9 @@ then reused by every later start of the version, which costs one `stat` (bench_c
 Writing it is not the bottleneck either: there is no archive to parse (the manifest says where every file's bytes
 are), each chunk is decompressed and its files written by one thread with `os.open/os.write` straight from a
 memoryview of the chunk, and both codecs and the writes release the GIL. bench_code_fetch measures the whole
-path against tarfile extraction of the same tree.
+path against tarfile extraction of the same tree. `layout: archive` skips the files and the decoding: each chunk is
+written as fetched into one file (its frame header checked against the manifest's size), and decoded only when a
+module is read from it (`runtime/archive.py`).
 
 Safety: the tree is built in a temporary directory beside its final name and renamed into place, so a reader sees
 all of it or none; two instances starting the same version at once serialise on a lock file next to it (the
@@ -29,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from nest.contracts.chunks import Codec, Layout, decompress_into
-from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
+from nest.contracts.chunks import Codec, Layout, check_frame, decompress_into
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, packed_starts, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -173,6 +175,7 @@ def _run(
     prepared, abandoned = threading.Event(), threading.Event()
     local = threading.local()
     chunks, codec = head.chunks, head.codec
+    packed = head.layout is Layout.ARCHIVE or codec is Codec.NONE  # an archive keeps its chunks as fetched
     most = max((ref.size for ref in chunks), default=0)
     most_raw = max((ref.raw_size for ref in chunks), default=0)
     writer: list[Callable[[int, Bytes], None]] = []
@@ -181,13 +184,16 @@ def _run(
         ref = chunks[index]
         if not hasattr(local, "received"):
             local.received = bytearray(most)
-            local.raw = memoryview(bytearray(0 if codec is Codec.NONE else most_raw))
+            local.raw = memoryview(bytearray(0 if packed else most_raw))
         data = source.chunk(ref, local.received)
         fetched.append(time.monotonic())
-        raw = decompress_into(codec, data, ref.raw_size, local.raw)
+        if packed:
+            check_frame(codec, data, ref.raw_size)  # decoded when read (`runtime/archive.py`)
+        else:
+            data = decompress_into(codec, data, ref.raw_size, local.raw)
         prepared.wait()
         if not abandoned.is_set():
-            writer[0](index, raw)
+            writer[0](index, data)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as workers:
         futures = [workers.submit(one, index) for index in range(len(chunks))]
@@ -206,14 +212,15 @@ def _run(
 
 
 class _ArchiveWriter:
-    """One file, `ARCHIVE_FILE`, sized up front; each chunk lands at its offset with a single pwrite (no file per
-    module: what makes this layout fast on a cold node)."""
+    """One file, `ARCHIVE_FILE`, sized up front; each chunk lands at its offset as fetched, with a single pwrite:
+    no file per module and nothing decoded before the handler can be imported (`runtime/archive.py` decodes a
+    chunk when a module is read from it), which is what makes this layout fast on a cold node."""
 
     def __init__(self, manifest: PackageManifest, staging: Path) -> None:
         self._manifest, self._staging = manifest, staging
         self._descriptor = os.open(staging / ARCHIVE_FILE, _WRITE, 0o600)
-        os.ftruncate(self._descriptor, manifest.unpacked_bytes)
-        self._starts = manifest.chunk_starts()
+        os.ftruncate(self._descriptor, sum(chunk.size for chunk in manifest.chunks))
+        self._starts = packed_starts(manifest)
 
     def prepare(self) -> None:
         write_index(str(self._staging), self._manifest)

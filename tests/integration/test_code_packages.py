@@ -67,7 +67,7 @@ def test_a_package_is_fetched_and_unpacked_on_the_first_start(platform: Platform
         assert {"fetch", "unpack", "init"} <= set(phases)
         digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
     cached = platform.data_dir / "cache" / digest[:2] / digest
-    assert (cached / ("files.bin" if layout == "archive" else "lib/helper.py")).is_file()
+    assert (cached / ("chunks.bin" if layout == "archive" else "lib/helper.py")).is_file()
 
 
 def test_a_second_start_of_a_version_finds_the_node_cache(platform: Platform) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,10 +13,12 @@ from nest.contracts.chunks import (
     ChunkRef,
     Codec,
     FileEntry,
+    Layout,
     LinkEntry,
     ManifestHead,
     PackageLimits,
     PackageManifest,
+    check_frame,
     compress,
     decompress,
     layout,
@@ -62,6 +65,17 @@ def test_a_chunk_cannot_unpack_past_its_declared_size(codec: Codec) -> None:
         decompress(codec, bomb, 1024)
 
 
+@pytest.mark.parametrize("codec", list(Codec))
+def test_a_frame_header_is_checked_against_the_declared_size_without_decoding(codec: Codec) -> None:
+    frame = compress(codec, b"x" * 5000)
+    check_frame(codec, frame, 5000)
+    with pytest.raises(InvalidInput, match="declares"):
+        check_frame(codec, frame, 4999)
+    if codec is not Codec.NONE:
+        with pytest.raises(InvalidInput, match="not a valid"):
+            check_frame(codec, b"not a frame", 5000)
+
+
 @given(st.lists(st.tuples(st.text("abc/", min_size=1, max_size=8), st.integers(0, 3 * MAX_CHUNK_BYTES)), max_size=40))
 @settings(max_examples=60, deadline=None)
 def test_layout_places_every_byte_once_in_chunks_of_at_most_4_mib(files: list[tuple[str, int]]) -> None:
@@ -98,12 +112,19 @@ def test_a_verified_manifest_gives_its_chunks_first_and_its_files_on_completion(
     manifest = parse(document(links=[{"path": "alias.py", "target": "main.py"}]))
     head = read_verified_manifest(manifest.to_bytes())
     assert isinstance(head, ManifestHead)
-    assert (head.codec, head.chunks) == (manifest.codec, manifest.chunks)
+    assert (head.codec, head.chunks, head.layout) == (manifest.codec, manifest.chunks, Layout.TREE)
     assert head.complete() == manifest
+    archive = replace(manifest, layout=Layout.ARCHIVE)
+    archive_head = read_verified_manifest(archive.to_bytes())
+    assert isinstance(archive_head, ManifestHead)
+    assert archive_head.layout is Layout.ARCHIVE  # known before the files are read: the chunks are kept packed
+    assert archive_head.complete() == archive
     spaced = json.dumps(json.loads(manifest.to_bytes()), indent=1).encode()  # valid, not canonical: read whole
     assert read_verified_manifest(spaced) == manifest
     with pytest.raises(InvalidInput, match="does not match"):
         ManifestHead(Codec.LZ4, manifest.chunks, manifest.to_bytes()).complete()
+    with pytest.raises(InvalidInput, match="does not match"):
+        ManifestHead(manifest.codec, manifest.chunks, manifest.to_bytes(), Layout.ARCHIVE).complete()
     with pytest.raises(InvalidInput, match="not a Nest package manifest"):
         read_verified_manifest(manifest.to_bytes().replace(b'"files":[', b'"files":[1,')).complete()
 

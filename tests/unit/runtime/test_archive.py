@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+import marshal
 import os
 import pkgutil
 import sys
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nest.cli.packaging import build_chunked
-from nest.contracts.chunks import Codec, Layout
-from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, install, is_archive
+from nest.contracts.chunks import MAX_CHUNK_BYTES, Codec, Layout
+from nest.contracts.errors import InvalidInput
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, CHUNKS_KEPT, LEGACY_FILE, build_index, install, is_archive
 from runtime.unpack import cache_dir_for, ensure_package
 from tests.fakes.chunk_source import FakeChunkSource
 
@@ -65,3 +67,74 @@ def test_unknown_modules_fall_through_to_the_other_finders(archive: str) -> None
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("archived_pkg.nothing_here")
     assert importlib.import_module("json").__name__ == "json"
+
+
+@pytest.fixture
+def multi_chunk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A zstd archive of ~6 chunks: modules in several of them and a data file spanning two."""
+    root = tmp_path / "fn"
+    (root / "spread").mkdir(parents=True)
+    (root / "nest.yaml").write_text("name: spread\n")
+    for number in range(40):  # ~150 KiB each of compressible source
+        body = "".join(f"NAME_{number}_{line} = {line} * {number}\n" for line in range(6000))
+        (root / "spread" / f"m{number:02d}.py").write_text(body + f"LAST = {number}\n")
+    (root / "spread" / "__init__.py").write_text("")
+    (root / "spread" / "zz_big.dat").write_bytes(bytes(range(256)) * ((MAX_CHUNK_BYTES + 5000) // 256))
+    built = build_chunked(root, codec=Codec.ZSTD, layout=Layout.ARCHIVE)
+    assert len(built.manifest.chunks) >= 4
+    target = cache_dir_for(tmp_path / "cache", built.manifest.digest)
+    ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
+    finder = install(str(target))
+    yield str(target), root
+    sys.meta_path.remove(finder)
+    for name in [m for m in sys.modules if m.split(".")[0] == "spread"]:
+        del sys.modules[name]
+
+
+def test_an_archive_keeps_its_chunks_compressed_and_decodes_only_what_is_read(multi_chunk: tuple[str, Path]) -> None:
+    archive, root = multi_chunk
+    raw_size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    assert os.path.getsize(os.path.join(archive, ARCHIVE_FILE)) < raw_size / 4
+    finder = next(f for f in sys.meta_path if getattr(f, "code_dir", None) == archive)
+    assert importlib.import_module("spread.m07").LAST == 7
+    assert 1 <= finder.stream.decoded <= CHUNKS_KEPT
+    for number in range(40):  # every chunk in turn: never more than CHUNKS_KEPT decoded at once
+        assert number == importlib.import_module(f"spread.m{number:02d}").LAST
+        assert finder.stream.decoded <= CHUNKS_KEPT
+    assert pkgutil.get_data("spread", "zz_big.dat") == (root / "spread" / "zz_big.dat").read_bytes()  # spans chunks
+
+
+def test_a_corrupted_chunk_in_the_node_cache_fails_the_read_and_is_never_imported(
+    multi_chunk: tuple[str, Path],
+) -> None:
+    archive, _ = multi_chunk
+    path = os.path.join(archive, ARCHIVE_FILE)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as file:  # a frame's body, past its header, overwritten
+        file.seek(200)
+        file.write(b"\xff" * 64)
+    finder = install(archive)
+    with pytest.raises(InvalidInput, match="damaged in the node cache"):
+        finder.read("spread/m00.py")
+    sys.meta_path.remove(finder)
+
+
+def test_an_archive_written_before_chunks_were_kept_compressed_still_imports(tmp_path: Path) -> None:
+    root = tmp_path / "fn"
+    root.mkdir()
+    (root / "legacy_mod.py").write_text("VALUE = 'legacy'\n")
+    (root / "notes.txt").write_text("kept\n")
+    built = build_chunked(root, codec=Codec.LZ4, layout=Layout.ARCHIVE)
+    target = tmp_path / "cache" / built.manifest.digest
+    target.mkdir(parents=True)
+    files = {entry.path: (root / entry.path).read_bytes() for entry in built.manifest.files}
+    (target / LEGACY_FILE).write_bytes(b"".join(files[entry.path] for entry in built.manifest.files))
+    ranges, modules, _, _ = build_index(built.manifest)
+    (target / ARCHIVE_INDEX).write_bytes(marshal.dumps((ranges, modules)))
+    finder = install(str(target))
+    try:
+        assert importlib.import_module("legacy_mod").VALUE == "legacy"
+        assert finder.read("notes.txt") == b"kept\n"
+    finally:
+        sys.meta_path.remove(finder)
+        sys.modules.pop("legacy_mod", None)
