@@ -152,6 +152,12 @@ class ChunkStream:
             self._data = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         self._view = memoryview(self._data)  # slices of it are handed to the decoder without a copy
 
+    def forget(self) -> None:
+        """Drop the decoded chunks (the runtime calls this once the handler is imported: an instance would
+        otherwise keep up to `CHUNKS_KEPT` decoded chunks for its lifetime; a later read decodes again)."""
+        with self._lock:
+            self._decoded.clear()
+
     @property
     def decoded(self) -> int:
         """How many decoded chunks are kept now."""

@@ -30,9 +30,12 @@ from runtime.server import InvocationApp
 from runtime.unpack import ensure_package
 
 if TYPE_CHECKING:
+    from runtime.archive import ArchiveFinder
     from runtime.config import RuntimeConfig
 
 EXIT_INIT_FAILED = 3
+_ARCHIVES: list[ArchiveFinder] = []
+"""The archive finder this instance installed, if its package has `layout: archive`."""
 EXIT_RECYCLED = 75
 RECYCLE_GRACE_S = 0.05
 
@@ -95,7 +98,7 @@ def _materialise(config: RuntimeConfig) -> dict[str, float]:
                 done = ensure_package(Path(config.code_dir), config.package, source)
             phases = {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
         if is_archive(config.code_dir):
-            install_archive(config.code_dir)
+            _ARCHIVES.append(install_archive(config.code_dir))
     except (FetchError, InvalidInput, OSError, RuntimeError) as exc:  # RuntimeError: no thread under the rlimit
         raise LoadError("PackageError", f"code package {config.package[:12]}: {exc}", "") from None
     return phases
@@ -133,6 +136,8 @@ def run(config: RuntimeConfig) -> int:
     try:
         code_phases = _materialise(config)
         handler = load_handler(config.code_dir, config.handler, style=config.style, bytecode=bool(config.package))
+        for archive in _ARCHIVES:
+            archive.stream.forget()  # the chunks the imports decoded: not kept for the instance's lifetime
     except MemoryError:
         failure = LoadError("MemoryError", f"importing the code needs more than memory ({config.memory_bytes} B)", "")
         _report(config.status_fd, failure.as_status())

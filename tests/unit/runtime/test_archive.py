@@ -102,6 +102,9 @@ def test_an_archive_keeps_its_chunks_compressed_and_decodes_only_what_is_read(mu
         assert number == importlib.import_module(f"spread.m{number:02d}").LAST
         assert finder.stream.decoded <= CHUNKS_KEPT
     assert pkgutil.get_data("spread", "zz_big.dat") == (root / "spread" / "zz_big.dat").read_bytes()  # spans chunks
+    finder.stream.forget()  # once the handler is imported: nothing decoded is kept, a later read decodes again
+    assert finder.stream.decoded == 0
+    assert finder.read("spread/m03.py").endswith(b"LAST = 3\n")
 
 
 def test_a_corrupted_chunk_in_the_node_cache_fails_the_read_and_is_never_imported(
