@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -149,6 +150,7 @@ async def run(config: EmbeddedConfig) -> None:
             await service.load()
             if config.pools_file is not None:
                 watch_pools_file(config.pools_file, local, group)
+            settle_heap()
             state["ready"] = True
             logger.info("Nest data directory: %s", data_dir)
             await server.serve()
@@ -162,6 +164,19 @@ async def run(config: EmbeddedConfig) -> None:
         await invocations.close()
         await store.close()
         logger.info("state closed")
+
+
+def settle_heap() -> None:
+    """Collect once, then move every object start-up made into the collector's permanent generation.
+
+    The platform's one event loop serves every request; a full collection walks every tracked object while the
+    loop waits. Start-up leaves ~62,000 of them (the gateway, control API, pydantic models, gRPC, the stores), so
+    one full collection took 45-69 ms here, a stall in the middle of whatever requests were in flight (seen once in
+    50 cold starts through the gateway: a 69 ms gen2 pass). Frozen, they are never walked again: the next full
+    collection took 1.5 ms. They are never freed either, which is what they are for: they live as long as `nest up`.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def drain(config: EmbeddedConfig, dispatcher: Dispatcher, dispatching: asyncio.Task[None], fleet: Fleet) -> None:
