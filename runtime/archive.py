@@ -7,10 +7,11 @@ would see the tree. Reading a file decodes the chunk(s) holding it, on first use
 (`CHUNKS_KEPT`): a cold node stores only the compressed bytes (one write of ~1/5 of the size, no decompression
 before the handler can be imported), and a start decodes only the chunks its imports read. Modules get the
 `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of the
-package (so `pkgutil.get_data` works); a plain `open()` of a package file, C extensions and directory symlinks need
-`layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree: the
-loader looks the pyc up by the file's path in the package and checks it against the size the index holds, so a
-start that finds it reads (and decodes) no source at all.
+package (so `pkgutil.get_data` works), and a path hook lists its directories for `pkgutil.iter_modules`; a plain
+`open()` of a package file, C extensions and directory symlinks need `layout: tree`. Compiled code is cached in
+the package's sidecar (`runtime/loading.py`), as for the tree: the loader looks the pyc up by the file's path in
+the package and checks it against the size the index holds, so a start that finds it reads (and decodes) no source
+at all.
 
 Measured (bench_code_fetch, 20 MB of sources in 19 chunks, zstd): 11-14 ms from nothing on the node to the handler
 importable over HTTP, where decoding every chunk first took 26-39 ms; docs/architecture.md, Code packages.
@@ -43,7 +44,7 @@ from nest.contracts.errors import InvalidInput
 from runtime.loading import BytecodeCache, sidecar_for
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from types import CodeType, ModuleType
 
     from nest.contracts.chunks import PackageManifest
@@ -129,6 +130,7 @@ def install(code_dir: str) -> ArchiveFinder:
     finder = ArchiveFinder(code_dir, ranges, modules, stream, BytecodeCache(sidecar_for(code_dir)))
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)
+    sys.path_hooks.insert(0, finder.listing)
     return finder
 
 
@@ -228,6 +230,34 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
             raise FileNotFoundError(path)
         return found
 
+    def uninstall(self) -> None:
+        """Off `sys.meta_path` and `sys.path_hooks` again (tests and benchmarks install many)."""
+        sys.meta_path.remove(self)
+        sys.path_hooks.remove(self.listing)
+        for path, importer in list(sys.path_importer_cache.items()):
+            if isinstance(importer, ArchiveDirectory) and importer.finder is self:
+                del sys.path_importer_cache[path]
+
+    def listing(self, path: str) -> ArchiveDirectory:
+        """A path hook: the importer of one of the package's directories (they exist only in the index), so that
+        `pkgutil.iter_modules(package.__path__)` lists its modules as it would in a tree; ImportError elsewhere."""
+        relative = os.path.relpath(path, self.code_dir) if os.path.isabs(path) else ".."
+        if relative == ".":
+            return ArchiveDirectory(self, "")
+        name = relative.replace(os.sep, ".")
+        if relative.startswith("..") or self._modules.get(name, (None, False))[1] is False:
+            raise ImportError(f"not a directory of the package at {self.code_dir}: {path}")
+        return ArchiveDirectory(self, name)
+
+    def children(self, package: str) -> list[tuple[str, bool]]:
+        """(name, is a package) of the modules directly inside `package` ("" for the top level), sorted."""
+        prefix = f"{package}." if package else ""
+        return sorted(
+            (name[len(prefix) :], is_package)
+            for name, (_, is_package) in self._modules.items()
+            if name.startswith(prefix) and "." not in name[len(prefix) :]
+        )
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -247,6 +277,25 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
             loader=ArchiveLoader(self, fullname, location),
             submodule_search_locations=[directory] if package else None,
         )
+
+
+class ArchiveDirectory:
+    """The path-entry finder of one directory of an archive (`ArchiveFinder.listing`): what `pkgutil` asks of a
+    `sys.path_importer_cache` entry. Imports themselves go through the `ArchiveFinder` on `sys.meta_path`."""
+
+    def __init__(self, finder: ArchiveFinder, package: str) -> None:
+        self.finder, self._package = finder, package
+
+    def find_spec(self, fullname: str, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        return self.finder.find_spec(fullname, None, target) if fullname.rpartition(".")[0] == self._package else None
+
+    def invalidate_caches(self) -> None:
+        """Nothing cached: the index never changes."""
+
+    def iter_modules(self, prefix: str = "") -> Iterator[tuple[str, bool]]:
+        """(prefix + name, is a package) per module, as `pkgutil.iter_modules` expects of an importer."""
+        for name, is_package in self.finder.children(self._package):
+            yield prefix + name, is_package
 
 
 class ArchiveLoader(importlib.abc.SourceLoader):

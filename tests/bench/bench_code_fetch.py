@@ -125,7 +125,7 @@ def cold_start(source: ChunkSource, digest: str, cache: Path, threads: int) -> t
     finally:
         sys.path.remove(str(target))
         if finder is not None:
-            sys.meta_path.remove(finder)
+            finder.uninstall()
         for module in [m for m in sys.modules if m == "main" or m.startswith("pkg_")]:
             del sys.modules[module]
         importlib.invalidate_caches()
@@ -262,7 +262,7 @@ def warm_ms(url: str, package: BuiltPackage, cache: Path) -> float:
             finder = install(str(cache / digest[:2] / digest)) if is_archive(str(cache / digest[:2] / digest)) else None
             warm.append((time.perf_counter() - started) * 1000)
             if finder is not None:
-                sys.meta_path.remove(finder)
+                finder.uninstall()
     return round(statistics.median(warm), 4)
 
 

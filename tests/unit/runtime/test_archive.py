@@ -40,7 +40,7 @@ def archive(tmp_path: Path) -> Iterator[str]:
     ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
     finder = install(str(target))
     yield str(target)
-    sys.meta_path.remove(finder)
+    finder.uninstall()
     for name in [m for m in sys.modules if m.split(".")[0] in NAMES]:
         del sys.modules[name]
 
@@ -61,6 +61,21 @@ def test_package_data_is_served_by_the_loader(archive: str) -> None:
     assert pkgutil.get_data("archived_pkg", "data.txt") == b"hello data\n"
     with pytest.raises(FileNotFoundError):
         pkgutil.get_data("archived_pkg", "missing.txt")
+
+
+def test_pkgutil_lists_the_modules_of_an_archive_as_of_a_tree(archive: str) -> None:
+    package = importlib.import_module("archived_pkg")
+    assert [(m.name, m.ispkg) for m in pkgutil.iter_modules(package.__path__)] == [("sub", True)]
+    sub = importlib.import_module("archived_pkg.sub")
+    assert [m.name for m in pkgutil.iter_modules(sub.__path__, "archived_pkg.sub.")] == ["archived_pkg.sub.leaf"]
+    top = {m.name: m.ispkg for m in pkgutil.iter_modules([archive])}
+    assert top == {"archived_main": False, "archived_ns": True, "archived_pkg": True}
+    assert list(pkgutil.iter_modules([f"{archive}/no_such_dir"])) == []
+    finder = next(f for f in sys.meta_path if getattr(f, "code_dir", None) == archive)
+    for elsewhere in ("", "relative/dir", os.path.dirname(archive)):  # the cwd entry of sys.path among them
+        with pytest.raises(ImportError):
+            finder.listing(elsewhere)
+    assert importlib.import_module("archived_pkg.sub.leaf").VALUE == 42  # imports still go through the finder
 
 
 def test_unknown_modules_fall_through_to_the_other_finders(archive: str) -> None:
@@ -86,7 +101,7 @@ def multi_chunk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
     finder = install(str(target))
     yield str(target), root
-    sys.meta_path.remove(finder)
+    finder.uninstall()
     for name in [m for m in sys.modules if m.split(".")[0] == "spread"]:
         del sys.modules[name]
 
@@ -119,7 +134,7 @@ def test_a_corrupted_chunk_in_the_node_cache_fails_the_read_and_is_never_importe
     finder = install(archive)
     with pytest.raises(InvalidInput, match="damaged in the node cache"):
         finder.read("spread/m00.py")
-    sys.meta_path.remove(finder)
+    finder.uninstall()
 
 
 def test_an_archive_written_before_chunks_were_kept_compressed_still_imports(tmp_path: Path) -> None:
@@ -139,5 +154,5 @@ def test_an_archive_written_before_chunks_were_kept_compressed_still_imports(tmp
         assert importlib.import_module("legacy_mod").VALUE == "legacy"
         assert finder.read("notes.txt") == b"kept\n"
     finally:
-        sys.meta_path.remove(finder)
+        finder.uninstall()
         sys.modules.pop("legacy_mod", None)
