@@ -37,17 +37,17 @@ import posixpath
 import sys
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
-from nest.contracts.chunks import Codec, decompress
+from nest.contracts.chunks import ChunkRef, Codec, decompress
 from nest.contracts.errors import InvalidInput
 from runtime.loading import BytecodeCache, sidecar_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from types import CodeType, ModuleType
 
-    from nest.contracts.chunks import PackageManifest
+    from nest.contracts.chunks import Bytes, PackageManifest
 
 ARCHIVE_FILE = "chunks.bin"
 """Every chunk as fetched (verified, still compressed), one after the other in manifest order."""
@@ -60,6 +60,8 @@ CHUNKS_KEPT = 2
 """Decoded chunks an instance keeps (~1.1 MiB each): a package's modules lie in path order, so the imports of one
 package read one chunk after the other, and a decoded chunk is not needed again once its modules are compiled."""
 
+Refetch: TypeAlias = "Callable[[ChunkRef], Bytes]"
+"""Fetches a chunk again from the code store, its digest verified (`runtime/fetch.py`)."""
 Chunk = tuple[int, int, int, str]
 """Where a chunk starts in `ARCHIVE_FILE`, its size there, its raw size, its digest (sha256 of what is stored)."""
 Index = tuple[dict[str, tuple[int, int]], dict[str, tuple[str | None, bool]], str, tuple[Chunk, ...]]
@@ -116,8 +118,9 @@ def is_archive(code_dir: str) -> bool:
     return os.path.isfile(os.path.join(code_dir, ARCHIVE_INDEX))
 
 
-def install(code_dir: str) -> ArchiveFinder:
-    """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder)."""
+def install(code_dir: str, refetch: Refetch | None = None) -> ArchiveFinder:
+    """Read the archive at `code_dir` and put its finder on `sys.meta_path` (before the path finder); `refetch`
+    fetches a chunk again (verified) when the node cache's copy no longer matches its digest."""
     with open(os.path.join(code_dir, ARCHIVE_INDEX), "rb") as file:
         index = marshal.loads(file.read())  # marshal.load(file) reads piecemeal: 25x slower
     if len(index) == 2:  # a `LEGACY_FILE` archive: the raw stream, i.e. one chunk stored as is
@@ -126,7 +129,7 @@ def install(code_dir: str) -> ArchiveFinder:
         stream = ChunkStream(os.path.join(code_dir, LEGACY_FILE), Codec.NONE, ((0, size, size, ""),))
     else:
         ranges, modules, codec, chunks = index
-        stream = ChunkStream(os.path.join(code_dir, ARCHIVE_FILE), Codec(codec), chunks)
+        stream = ChunkStream(os.path.join(code_dir, ARCHIVE_FILE), Codec(codec), chunks, refetch)
     finder = ArchiveFinder(code_dir, ranges, modules, stream, BytecodeCache(sidecar_for(code_dir)))
     position = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
     sys.meta_path.insert(position, finder)
@@ -140,8 +143,9 @@ class ChunkStream:
     a ~200 KiB zstd chunk), the last `CHUNKS_KEPT` kept. Thread-safe (imports and `get_data` may come from any
     thread)."""
 
-    def __init__(self, path: str, codec: Codec, chunks: Sequence[Chunk]) -> None:
+    def __init__(self, path: str, codec: Codec, chunks: Sequence[Chunk], refetch: Refetch | None = None) -> None:
         self.path, self.codec = path, codec
+        self._refetch = refetch
         self._chunks = chunks
         self._raw_starts, position = [], 0
         for _, _, raw_size, _ in chunks:
@@ -185,13 +189,17 @@ class ChunkStream:
                 self._decoded.move_to_end(index)
                 return found
             packed_start, packed_size, raw_size, digest = self._chunks[index]
-            packed = self._view[packed_start : packed_start + packed_size]
+            packed: Bytes = self._view[packed_start : packed_start + packed_size]
             if hashlib.sha256(packed).hexdigest() != digest:
-                raise InvalidInput(
-                    "package",
-                    f"chunk {index} ({digest[:12]}) of {self.path} was damaged in the node cache since it was "
-                    "fetched; delete that directory and the next start fetches it again",
+                damaged = (
+                    f"chunk {index} ({digest[:12]}) of {self.path} was damaged in the node cache since it was fetched"
                 )
+                if self._refetch is None:
+                    raise InvalidInput(
+                        "package", f"{damaged}; delete that directory and the next start fetches it again"
+                    )
+                sys.stderr.write(f"nest: {damaged}: fetched it again (delete that directory to repair the cache)\n")
+                packed = self._refetch(ChunkRef(digest, packed_size, raw_size))
             raw = decompress(self.codec, packed, raw_size)
             self._decoded[index] = raw
             while len(self._decoded) > CHUNKS_KEPT:

@@ -9,6 +9,7 @@ Exit codes: 0 after a drain (SIGTERM), 3 init failure, 75 recycled after an unin
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ from runtime.server import InvocationApp
 from runtime.unpack import ensure_package
 
 if TYPE_CHECKING:
+    from nest.contracts.chunks import ChunkRef
     from runtime.archive import ArchiveFinder
     from runtime.config import RuntimeConfig
 
@@ -98,10 +100,16 @@ def _materialise(config: RuntimeConfig) -> dict[str, float]:
                 done = ensure_package(Path(config.code_dir), config.package, source)
             phases = {"fetch_ms": done.fetch_ms, "unpack_ms": done.unpack_ms}
         if is_archive(config.code_dir):
-            _ARCHIVES.append(install_archive(config.code_dir))
+            _ARCHIVES.append(install_archive(config.code_dir, refetch=functools.partial(_refetch, config.code_url)))
     except (FetchError, InvalidInput, OSError, RuntimeError) as exc:  # RuntimeError: no thread under the rlimit
         raise LoadError("PackageError", f"code package {config.package[:12]}: {exc}", "") from None
     return phases
+
+
+def _refetch(code_url: str, ref: ChunkRef) -> bytes:
+    """One chunk again from the code store, verified: for an archive whose copy in the node cache was damaged."""
+    with open_source(code_url) as source:
+        return bytes(source.chunk(ref))
 
 
 def server_config(app: Any, config: RuntimeConfig) -> uvicorn.Config:

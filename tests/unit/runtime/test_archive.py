@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nest.cli.packaging import build_chunked
-from nest.contracts.chunks import MAX_CHUNK_BYTES, Codec, Layout
+from nest.contracts.chunks import MAX_CHUNK_BYTES, ChunkRef, Codec, Layout
 from nest.contracts.errors import InvalidInput
 from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, CHUNKS_KEPT, LEGACY_FILE, build_index, install, is_archive
 from runtime.unpack import cache_dir_for, ensure_package
@@ -135,6 +135,29 @@ def test_a_corrupted_chunk_in_the_node_cache_fails_the_read_and_is_never_importe
     with pytest.raises(InvalidInput, match="damaged in the node cache"):
         finder.read("spread/m00.py")
     finder.uninstall()
+
+
+def test_a_damaged_chunk_is_fetched_again_when_the_runtime_can(multi_chunk: tuple[str, Path], tmp_path: Path) -> None:
+    archive, root = multi_chunk
+    path = os.path.join(archive, ARCHIVE_FILE)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as file:
+        file.seek(200)
+        file.write(b"\xff" * 64)
+    built = build_chunked(root, codec=Codec.ZSTD, layout=Layout.ARCHIVE)
+    source = FakeChunkSource(built.manifest, built.chunks)
+    asked: list[str] = []
+
+    def refetch(ref: ChunkRef) -> bytes:
+        asked.append(ref.digest)
+        return bytes(source.chunk(ref))
+
+    finder = install(archive, refetch=refetch)
+    try:
+        assert finder.read("spread/m00.py") == (root / "spread" / "m00.py").read_bytes()
+        assert asked == [built.manifest.chunks[0].digest]  # the damaged chunk only
+    finally:
+        finder.uninstall()
 
 
 def test_an_archive_written_before_chunks_were_kept_compressed_still_imports(tmp_path: Path) -> None:
