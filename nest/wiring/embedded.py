@@ -39,6 +39,7 @@ from gateway.routing import RoutingTable
 from gateway.upstream import UpstreamPool
 from nest.contracts.pools import PoolsFileError, parse_pools
 from nest.wiring.invocations import AsyncConfig, async_invocations
+from nest.wiring.stalls import watching
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,11 +151,8 @@ async def run(config: EmbeddedConfig) -> None:
             await service.load()
             if config.pools_file is not None:
                 watch_pools_file(config.pools_file, local, group)
-            settle_heap()
-            state["ready"] = True
             logger.info("Nest data directory: %s", data_dir)
-            await server.serve()
-            state["ready"] = False
+            await serve_gateway(server, state)
             await drain(config, invocations.dispatcher, dispatching, fleet)
             for task in background:
                 task.cancel()
@@ -164,6 +162,15 @@ async def run(config: EmbeddedConfig) -> None:
         await invocations.close()
         await store.close()
         logger.info("state closed")
+
+
+async def serve_gateway(server: uvicorn.Server, state: dict[str, bool]) -> None:
+    """Serve until told to stop, `/readyz` saying so meanwhile; the start-up heap settled first."""
+    settle_heap()
+    state["ready"] = True
+    with watching():  # NEST_DEBUG_LOOP_STALLS=path: a debugging aid, off unless set (nest/wiring/stalls.py)
+        await server.serve()
+    state["ready"] = False
 
 
 def settle_heap() -> None:
