@@ -7,11 +7,11 @@ would see the tree. Reading a file decodes the chunk(s) holding it, on first use
 (`CHUNKS_KEPT`): a cold node stores only the compressed bytes (one write of ~1/5 of the size, no decompression
 before the handler can be imported), and a start decodes only the chunks its imports read. Modules get the
 `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of the
-package (so `pkgutil.get_data` works), and a path hook lists its directories for `pkgutil.iter_modules`; a plain
-`open()` of a package file, C extensions and directory symlinks need `layout: tree`. Compiled code is cached in
-the package's sidecar (`runtime/loading.py`), as for the tree: the loader looks the pyc up by the file's path in
-the package and checks it against the size the index holds, so a start that finds it reads (and decodes) no source
-at all.
+package (so `pkgutil.get_data` and `importlib.resources.files()` work), and a path hook lists its directories for
+`pkgutil.iter_modules`; a plain `open()` of a package file, C extensions and directory symlinks need
+`layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree: the
+loader looks the pyc up by the file's path in the package and checks it against the size the index holds, so a
+start that finds it reads (and decodes) no source at all.
 
 Measured (bench_code_fetch, 20 MB of sources in 19 chunks, zstd): 11-14 ms from nothing on the node to the handler
 importable over HTTP, where decoding every chunk first took 26-39 ms; docs/architecture.md, Code packages.
@@ -29,7 +29,9 @@ import bisect
 import hashlib
 import importlib.abc
 import importlib.machinery
+import importlib.resources.abc
 import importlib.util
+import io
 import marshal
 import mmap
 import os
@@ -37,7 +39,7 @@ import posixpath
 import sys
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from nest.contracts.chunks import ChunkRef, Codec, decompress
 from nest.contracts.errors import InvalidInput
@@ -257,6 +259,14 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
             raise ImportError(f"not a directory of the package at {self.code_dir}: {path}")
         return ArchiveDirectory(self, name)
 
+    def is_file(self, relative: str) -> bool:
+        return relative in self._ranges
+
+    def listdir(self, relative: str) -> list[str]:
+        """The names of the files and directories directly inside `relative` ("" for the top), sorted."""
+        prefix = f"{relative}/" if relative else ""
+        return sorted({path[len(prefix) :].split("/", 1)[0] for path in self._ranges if path.startswith(prefix)})
+
     def children(self, package: str) -> list[tuple[str, bool]]:
         """(name, is a package) of the modules directly inside `package` ("" for the top level), sorted."""
         prefix = f"{package}." if package else ""
@@ -318,3 +328,53 @@ class ArchiveLoader(importlib.abc.SourceLoader):
 
     def get_code(self, fullname: str) -> CodeType:
         return self._finder.code(self.path)
+
+    def get_resource_reader(self, fullname: str) -> ArchiveResources:
+        """What `importlib.resources.files()` reads the module's directory through."""
+        return ArchiveResources(self._finder, posixpath.dirname(os.path.relpath(self.path, self._finder.code_dir)))
+
+
+class ArchiveResources(importlib.resources.abc.TraversableResources):
+    def __init__(self, finder: ArchiveFinder, directory: str) -> None:
+        self._finder, self._directory = finder, directory
+
+    def files(self) -> ArchivePath:
+        return ArchivePath(self._finder, self._directory)
+
+
+class ArchivePath(importlib.resources.abc.Traversable):
+    """A file or directory of an archive, as `importlib.resources` walks it (`relative` inside the package, "" for
+    its top). Directories exist only in the index: one is any parent of a file."""
+
+    def __init__(self, finder: ArchiveFinder, relative: str) -> None:
+        self._finder, self._relative = finder, relative
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self._relative)
+
+    def is_file(self) -> bool:
+        return self._finder.is_file(self._relative)
+
+    def is_dir(self) -> bool:
+        return self._relative == "" or any(self._finder.listdir(self._relative))
+
+    def iterdir(self) -> Iterator[ArchivePath]:
+        for name in self._finder.listdir(self._relative):
+            yield ArchivePath(self._finder, posixpath.join(self._relative, name))
+
+    def joinpath(self, *descendants: str | os.PathLike[str]) -> ArchivePath:
+        joined = posixpath.normpath(posixpath.join(self._relative, *(str(os.fspath(part)) for part in descendants)))
+        return ArchivePath(self._finder, "" if joined == "." else joined)
+
+    def read_bytes(self) -> bytes:
+        return self._finder.read(self._relative)
+
+    def read_text(self, encoding: str | None = None) -> str:
+        return self.read_bytes().decode(encoding or "utf-8")
+
+    def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+        if mode not in ("r", "rb"):
+            raise ValueError(f"an archive is read-only: mode {mode!r}")
+        data = io.BytesIO(self.read_bytes())
+        return data if mode == "rb" else io.TextIOWrapper(data, *args, **kwargs)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import marshal
 import os
 import pkgutil
@@ -61,6 +62,23 @@ def test_package_data_is_served_by_the_loader(archive: str) -> None:
     assert pkgutil.get_data("archived_pkg", "data.txt") == b"hello data\n"
     with pytest.raises(FileNotFoundError):
         pkgutil.get_data("archived_pkg", "missing.txt")
+
+
+def test_importlib_resources_reads_an_archive_as_a_tree(archive: str) -> None:
+    files = importlib.resources.files("archived_pkg")
+    assert (files / "data.txt").read_text() == "hello data\n"
+    assert files.joinpath("sub", "leaf.py").read_bytes() == b"VALUE = 42\n"
+    assert sorted(item.name for item in files.iterdir()) == ["__init__.py", "data.txt", "sub"]
+    assert (files / "sub").is_dir()
+    assert not (files / "sub").is_file()
+    assert (files / "data.txt").is_file()
+    assert not (files / "missing.txt").is_file()
+    assert not (files / "missing").is_dir()
+    with pytest.raises(FileNotFoundError):
+        (files / "missing.txt").read_bytes()
+    with pytest.raises(ValueError, match="read-only"):
+        (files / "data.txt").open("w")
+    assert (importlib.resources.files("archived_pkg.sub") / "leaf.py").is_file()  # a subpackage's own directory
 
 
 def test_pkgutil_lists_the_modules_of_an_archive_as_of_a_tree(archive: str) -> None:
