@@ -32,6 +32,7 @@ import importlib.machinery
 import importlib.resources.abc
 import importlib.util
 import io
+import itertools
 import marshal
 import mmap
 import os
@@ -97,18 +98,9 @@ def build_index(manifest: PackageManifest) -> Index:
     modules.pop("", None)
     chunks = tuple(
         (start, chunk.size, chunk.raw_size, chunk.digest)
-        for start, chunk in zip(packed_starts(manifest), manifest.chunks, strict=True)
+        for start, chunk in zip(manifest.chunk_starts(packed=True), manifest.chunks, strict=True)
     )
     return ranges, modules, manifest.codec.value, chunks
-
-
-def packed_starts(manifest: PackageManifest) -> list[int]:
-    """Where each chunk begins in `ARCHIVE_FILE` (its compressed sizes added up)."""
-    starts, position = [], 0
-    for chunk in manifest.chunks:
-        starts.append(position)
-        position += chunk.size
-    return starts
 
 
 def write_index(directory: str, manifest: PackageManifest) -> None:
@@ -149,10 +141,7 @@ class ChunkStream:
         self.path, self.codec = path, codec
         self._refetch = refetch
         self._chunks = chunks
-        self._raw_starts, position = [], 0
-        for _, _, raw_size, _ in chunks:
-            self._raw_starts.append(position)
-            position += raw_size
+        self._raw_starts = list(itertools.accumulate((raw_size for _, _, raw_size, _ in chunks), initial=0))[:-1]
         self._decoded: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         with open(path, "rb") as file:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nest.contracts.chunks import Codec, Layout, check_frame, decompress_into
-from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, packed_starts, write_index
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -220,7 +220,7 @@ class _ArchiveWriter:
         self._manifest, self._staging = manifest, staging
         self._descriptor = os.open(staging / ARCHIVE_FILE, _WRITE, 0o600)
         os.ftruncate(self._descriptor, sum(chunk.size for chunk in manifest.chunks))
-        self._starts = packed_starts(manifest)
+        self._starts = manifest.chunk_starts(packed=True)
 
     def prepare(self) -> None:
         write_index(str(self._staging), self._manifest)

@@ -28,6 +28,7 @@ unpacked-size limits (the bomb guard: the sum of the declared raw sizes, which d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import operator
 import posixpath
@@ -141,13 +142,11 @@ class PackageManifest:
     def digest(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
-    def chunk_starts(self) -> list[int]:
-        """Where each chunk begins in the raw stream."""
-        starts, position = [], 0
-        for chunk in self.chunks:
-            starts.append(position)
-            position += chunk.raw_size
-        return starts
+    def chunk_starts(self, *, packed: bool = False) -> list[int]:
+        """Where each chunk begins in the raw stream, or with `packed` in the chunks laid end to end as stored
+        (an archive's file, `runtime/archive.py`)."""
+        sizes = [chunk.size if packed else chunk.raw_size for chunk in self.chunks]
+        return list(itertools.accumulate(sizes, initial=0))[:-1]
 
     @property
     def unpacked_bytes(self) -> int:
