@@ -4,7 +4,8 @@ Both instances run the same function, which imports the same modules the pool pr
 of the start-up mechanism, not of what is imported. USS = Private_Clean + Private_Dirty from
 /proc/PID/smaps_rollup: the memory that would be freed if the instance went away. Target (issue 4): <= 0.2x.
 Also reported: where a pooled instance's unique memory sits (/proc/PID/smaps by mapping: the malloc heap,
-anonymous maps, i.e. pymalloc arenas, libpython's data) and the USS of an idle, unclaimed pool instance. Nearly
+anonymous maps, i.e. pymalloc arenas, libpython's data) and the USS of an idle, unclaimed pool instance with its
+ratio to the fresh one (what keeping an instance warm costs; a claim adds ~0.8 MiB of its own). Nearly
 all of it is copy-on-write copies of zygote pages the instance wrote to: on CPython 3.11 every object touched
 has its refcount written, so each page holding one is copied. Prints one JSON line. Which objects lie on the
 copied pages: `scripts/cow_pages.py`.
@@ -121,6 +122,7 @@ def main() -> None:
                 "pooled_over_fresh": round(pooled_median / fresh_median, 3),
                 "pooled_uss_by_region_mib": {name: round(kib / 1024, 2) for name, kib in sorted(regions.items())},
                 "idle_unclaimed_uss_mib": round(statistics.median(idle_uss) / 1024, 1) if idle_uss else None,
+                "idle_unclaimed_over_fresh": round(statistics.median(idle_uss) / fresh_median, 3) if idle_uss else None,
             }
         )
     )

@@ -6,6 +6,7 @@ directory and runs `nest deploy` on it, as a user would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -13,12 +14,16 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
+from tests.unit.gateway.asyncq.test_queue_contract import NATS_URL, nats_reachable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,6 +55,10 @@ def children_of(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+FINAL_STATUSES = frozenset({"succeeded", "dead_lettered", "expired", "cancelled", "failed"})
+"""An async invocation's statuses that do not change again."""
 
 
 @dataclass
@@ -96,6 +105,18 @@ class Platform:
         response.raise_for_status()
         result: dict[str, object] = response.json()
         return result
+
+    def wait_final(self, call_id: str, *, timeout_s: float = 30.0) -> dict[str, Any]:
+        """An async invocation's record once it has reached a final status."""
+        found: dict[str, Any] = {}
+
+        def final() -> bool:
+            with self.http() as http:
+                found.update(http.get(f"/api/v1/invocations/{call_id}").json())
+            return found.get("status") in FINAL_STATUSES
+
+        self.wait_for(final, timeout_s=timeout_s, what=f"invocation {call_id} to finish")
+        return found
 
     def wait_for(self, predicate: object, *, timeout_s: float = 20.0, what: str = "condition") -> None:
         assert callable(predicate)
@@ -151,3 +172,24 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     yield running
     if running.process.poll() is None:
         stop_platform(running)
+
+
+@pytest.fixture
+def jetstream_url() -> Iterator[str]:
+    """`--queue` for a NATS JetStream queue of its own (a fresh prefix, its streams and buckets deleted after)."""
+    problem = asyncio.run(nats_reachable())
+    if problem is not None:
+        reason = f"no NATS JetStream at {NATS_URL} (set NEST_NATS_URL): {problem}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    prefix = f"IT{uuid.uuid4().hex[:10]}"
+    yield f"{NATS_URL}/{prefix}"
+    asyncio.run(_destroy(prefix))
+
+
+async def _destroy(prefix: str) -> None:
+    queue = JetStreamTaskQueue(NATS_URL, prefix=prefix)
+    await queue.open()
+    await queue.destroy()
+    await queue.close()

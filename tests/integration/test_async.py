@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -38,18 +38,6 @@ def handle(request):
 """
 
 
-def wait_final(platform: Platform, call_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def final() -> bool:
-        with platform.http() as http:
-            found.update(http.get(f"/api/v1/invocations/{call_id}").json())
-        return found.get("status") in {"succeeded", "dead_lettered", "expired", "cancelled", "failed"}
-
-    platform.wait_for(final, timeout_s=timeout_s, what=f"invocation {call_id} to finish")
-    return found
-
-
 @pytest.fixture(scope="module")
 def counts(platform: Platform) -> Path:
     directory = platform.work / "counts"
@@ -67,7 +55,7 @@ def test_an_async_invocation_is_accepted_then_runs_and_keeps_its_result(platform
     assert response.status_code == 202
     call_id = response.headers["x-call-id"]
     assert response.json()["call_id"] == call_id
-    done = wait_final(platform, call_id)
+    done = platform.wait_final(call_id)
     assert done["status"] == "succeeded"
     assert json.loads(done["result"]) == {"id": "a1", "tries": 1}
     assert done["attempts"] == 1
@@ -80,16 +68,16 @@ def test_a_failing_task_is_retried_and_a_non_retryable_one_is_dead_lettered(plat
         retried = http.post("/async-function/flaky", json={"id": "r1", "fail_times": 1}).json()["call_id"]
         fatal = http.post("/async-function/flaky", json={"id": "f1", "fatal": True}).json()["call_id"]
         hopeless = http.post("/async-function/flaky", json={"id": "h1", "fail_times": 9}).json()["call_id"]
-    assert wait_final(platform, retried)["attempts"] == 2
-    dead = wait_final(platform, fatal)
+    assert platform.wait_final(retried)["attempts"] == 2
+    dead = platform.wait_final(fatal)
     assert (dead["status"], dead["attempts"]) == ("dead_lettered", 1)
     assert "NonRetryable" in dead["error"]
-    exhausted = wait_final(platform, hopeless, timeout_s=60)
+    exhausted = platform.wait_final(hopeless, timeout_s=60)
     assert (exhausted["status"], exhausted["attempts"]) == ("dead_lettered", 3)
     listed = platform.cli("dlq", "ls", "--function", "flaky", "--json").stdout
     assert {item["call_id"] for item in json.loads(listed)} >= {fatal, hopeless}
     platform.cli("dlq", "redrive", fatal)
-    assert wait_final(platform, fatal)["status"] == "dead_lettered", "the same input fails the same way again"
+    assert platform.wait_final(fatal)["status"] == "dead_lettered", "the same input fails the same way again"
     assert (counts / "f1").read_text() == "2"
 
 
@@ -97,7 +85,7 @@ def test_the_same_idempotency_key_runs_once(platform: Platform, counts: Path) ->
     headers = {"Idempotency-Key": "order-77"}
     with platform.http() as http:
         first = http.post("/async-function/flaky", json={"id": "i1"}, headers=headers).json()
-        wait_final(platform, first["call_id"])
+        platform.wait_final(first["call_id"])
         again = http.post("/async-function/flaky", json={"id": "i1"}, headers=headers)
         other = http.post("/async-function/flaky", json={"id": "i2"}, headers=headers)
     assert again.status_code == 202
@@ -145,13 +133,13 @@ def test_pause_holds_tasks_cancel_and_clear_remove_them(platform: Platform, coun
         assert http.get(f"/api/v1/invocations/{delayed['call_id']}").json()["status"] == "cancelled"
         platform.cli("async", "resume", "flaky")
         resumed = http.post("/async-function/flaky", json={"id": "p9"}).json()["call_id"]
-    assert wait_final(platform, resumed)["status"] == "succeeded"
+    assert platform.wait_final(resumed)["status"] == "succeeded"
     assert not (counts / "p0").exists()
 
 
 def test_cli_invoke_async_and_tasks_show(platform: Platform, counts: Path) -> None:
     submitted = json.loads(platform.cli("invoke", "flaky", "--async", "--data", '{"id": "c1"}', "--id", "cli-1").stdout)
-    done = wait_final(platform, submitted["call_id"])
+    done = platform.wait_final(submitted["call_id"])
     assert done["status"] == "succeeded"
     shown = json.loads(platform.cli("tasks", "show", submitted["call_id"], "--json").stdout)
     assert shown["idempotency_key"] == "cli-1"
@@ -171,6 +159,6 @@ def test_accepted_tasks_survive_a_restart(tmp_path: Path) -> None:
     try:
         second.cli("async", "resume", "later")
         for call_id in call_ids:
-            assert wait_final(second, call_id)["status"] == "succeeded"
+            assert second.wait_final(call_id)["status"] == "succeeded"
     finally:
         assert stop_platform(second) == []

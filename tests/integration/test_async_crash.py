@@ -57,7 +57,6 @@ def handle(request):
 """
 ARGS = ("--lease-margin", "1", "--allow-private-webhooks")
 TASKS = 6
-FINAL = {"succeeded", "dead_lettered", "expired", "cancelled", "failed"}
 
 
 class Receiver:
@@ -134,16 +133,12 @@ def submit_until_refused(platform: Platform, point: str, callback: str) -> tuple
     return accepted, unanswered
 
 
-def final_state(platform: Platform, call_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def final() -> bool:
-        with platform.http() as http:
-            found.update(http.get(f"/api/v1/invocations/{call_id}").json())
-        return found.get("status") in FINAL
-
-    platform.wait_for(final, timeout_s=60, what=f"invocation {call_id} to finish")
-    return found
+@pytest.fixture(params=["sqlite", "jetstream"])
+def queue(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """`nest up`'s queue: the embedded SQLite one, or NATS JetStream (needs NATS, see `jetstream_url`)."""
+    if request.param == "sqlite":
+        return ()
+    return ("--queue", request.getfixturevalue("jetstream_url"))
 
 
 @pytest.mark.parametrize(
@@ -157,13 +152,19 @@ def final_state(platform: Platform, call_id: str) -> dict[str, Any]:
     ],
 )
 def test_every_accepted_task_finishes_once_after_a_crash(
-    point: str, skip: int, delay_s: float, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    point: str,
+    skip: int,
+    delay_s: float,
+    queue: tuple[str, ...],
+    tmp_path: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log = tmp_path / "ledger.log"
     monkeypatch.setenv("NEST_CRASH_AT", point)
     monkeypatch.setenv("NEST_CRASH_SKIP", str(skip))
     monkeypatch.setenv("NEST_CRASH_DELAY_S", str(delay_s))
-    first = start_platform(tmp_path / "data", tmp_path / "work", extra=ARGS)
+    first = start_platform(tmp_path / "data", tmp_path / "work", extra=(*ARGS, *queue))
     for name in ("NEST_CRASH_AT", "NEST_CRASH_SKIP", "NEST_CRASH_DELAY_S"):
         monkeypatch.delenv(name)
     try:
@@ -182,9 +183,9 @@ def test_every_accepted_task_finishes_once_after_a_crash(
     killed_at = time.time()
     assert len(accepted) == (skip if not dispatching else TASKS)
 
-    second = start_platform(tmp_path / "data", tmp_path / "work", extra=ARGS)
+    second = start_platform(tmp_path / "data", tmp_path / "work", extra=(*ARGS, *queue))
     try:
-        finished = {call_id: final_state(second, call_id) for call_id in accepted}
+        finished = {call_id: second.wait_final(call_id, timeout_s=60) for call_id in accepted}
         assert {view["status"] for view in finished.values()} == {"succeeded"}, finished
         for call_id, key in accepted.items():
             assert json.loads(finished[call_id]["result"]) == {"key": key}

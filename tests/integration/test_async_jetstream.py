@@ -6,23 +6,16 @@ Needs NATS with JetStream at `NEST_NATS_URL` (default nats://127.0.0.1:4222): sk
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.asyncq.jetstream.queue import JetStreamTaskQueue
 from tests.integration.conftest import start_platform, stop_platform
-from tests.unit.gateway.asyncq.test_queue_contract import NATS_URL, nats_reachable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.integration.conftest import Platform
 
 pytestmark = pytest.mark.integration
 
@@ -41,42 +34,10 @@ def handle(request):
 """
 
 
-@pytest.fixture
-def queue_url() -> Iterator[str]:
-    problem = asyncio.run(nats_reachable())
-    if problem is not None:
-        reason = f"no NATS JetStream at {NATS_URL} (set NEST_NATS_URL): {problem}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    prefix = f"IT{uuid.uuid4().hex[:10]}"
-    yield f"{NATS_URL}/{prefix}"
-    asyncio.run(_destroy(prefix))
-
-
-async def _destroy(prefix: str) -> None:
-    queue = JetStreamTaskQueue(NATS_URL, prefix=prefix)
-    await queue.open()
-    await queue.destroy()
-    await queue.close()
-
-
-def wait_final(platform: Platform, call_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def final() -> bool:
-        with platform.http() as http:
-            found.update(http.get(f"/api/v1/invocations/{call_id}").json())
-        return found.get("status") in {"succeeded", "dead_lettered", "expired", "cancelled", "failed"}
-
-    platform.wait_for(final, timeout_s=timeout_s, what=f"invocation {call_id} to finish")
-    return found
-
-
-def test_two_gateways_share_one_queue_and_run_each_task_once(tmp_path: Path, queue_url: str) -> None:
+def test_two_gateways_share_one_queue_and_run_each_task_once(tmp_path: Path, jetstream_url: str) -> None:
     runs = tmp_path / "runs"
     gateways = [
-        start_platform(tmp_path / f"data{n}", tmp_path / f"work{n}", extra=("--queue", queue_url)) for n in range(2)
+        start_platform(tmp_path / f"data{n}", tmp_path / f"work{n}", extra=("--queue", jetstream_url)) for n in range(2)
     ]
     try:
         for n, gateway in enumerate(gateways):
@@ -85,7 +46,7 @@ def test_two_gateways_share_one_queue_and_run_each_task_once(tmp_path: Path, que
         with first.http() as http:
             call_ids = [http.post("/async-function/counted", json={"id": f"t{n}"}).json()["call_id"] for n in range(30)]
         for call_id in call_ids:
-            done = wait_final(second, call_id)  # the other gateway sees the same tasks
+            done = second.wait_final(call_id)  # the other gateway sees the same tasks
             assert (done["status"], done["attempts"]) == ("succeeded", 1)
         ran = {path.name: path.read_text().split() for path in runs.iterdir()}
         assert sorted(ran) == sorted(f"t{n}" for n in range(30))
@@ -97,8 +58,8 @@ def test_two_gateways_share_one_queue_and_run_each_task_once(tmp_path: Path, que
             assert stop_platform(gateway) == []
 
 
-def test_accepted_tasks_survive_a_restart_on_jetstream(tmp_path: Path, queue_url: str) -> None:
-    first = start_platform(tmp_path / "data", tmp_path / "work", extra=("--queue", queue_url))
+def test_accepted_tasks_survive_a_restart_on_jetstream(tmp_path: Path, jetstream_url: str) -> None:
+    first = start_platform(tmp_path / "data", tmp_path / "work", extra=("--queue", jetstream_url))
     try:
         first.deploy("later", "def handle(request):\n    return {'ok': True}\n")
         first.cli("async", "pause", "later")
@@ -106,11 +67,11 @@ def test_accepted_tasks_survive_a_restart_on_jetstream(tmp_path: Path, queue_url
             call_ids = [http.post("/async-function/later", json={"n": n}).json()["call_id"] for n in range(5)]
     finally:
         assert stop_platform(first) == []
-    second = start_platform(tmp_path / "data", tmp_path / "work", extra=("--queue", queue_url))
+    second = start_platform(tmp_path / "data", tmp_path / "work", extra=("--queue", jetstream_url))
     try:
         second.cli("async", "resume", "later")
         for call_id in call_ids:
-            assert wait_final(second, call_id)["status"] == "succeeded"
+            assert second.wait_final(call_id)["status"] == "succeeded"
     finally:
         assert stop_platform(second) == []
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import nats.js.errors
 
+from gateway.asyncq.crashpoints import crashpoint
 from gateway.asyncq.jetstream.records import Record, idempotency_record_key, message_headers
 from gateway.asyncq.tasks import Submitted, Task, TaskStatus
 from nest.contracts.errors import Conflict
@@ -61,6 +62,7 @@ async def submit(
         task.function, task.priority
     )
     headers = message_headers(task, msg_id=msg_id or f"{task_id}.0")
+    crashpoint("before_persist")  # the publish is the commit
     stream, seq = await store.publish(subject, new.payload, headers)
     record = Record(replace(task, payload=b""), stream=stream, seq=seq)
     revision = await store.create(record)
