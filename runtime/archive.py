@@ -8,10 +8,15 @@ would see the tree. Reading a file decodes the chunk(s) holding it, on first use
 before the handler can be imported), and a start decodes only the chunks its imports read. Modules get the
 `__file__` they would have in a tree (`<code_dir>/a/b/c.py`) and a loader whose `get_data` serves any file of the
 package (so `pkgutil.get_data` and `importlib.resources.files()` work), and a path hook lists its directories for
-`pkgutil.iter_modules`; a plain `open()` of a package file, C extensions and directory symlinks need
-`layout: tree`. Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree: the
-loader looks the pyc up by the file's path in the package and checks it against the size the index holds, so a
-start that finds it reads (and decodes) no source at all.
+`pkgutil.iter_modules`. Every file that is not a Python source is also a file on disk where the tree would have
+it (`runtime/unpack.py`), so `open()` beside `__file__` works, and the path hook's finders load C extensions
+(which win over a source of the same module beside them, as in a tree: mypyc-built packages ship both) and
+sourceless `.pyc` from there. What needs `layout: tree`: code that reads, lists or runs its own `.py` files as
+files, and directory symlinks to Python packages.
+
+Compiled code is cached in the package's sidecar (`runtime/loading.py`), as for the tree: the loader looks the pyc
+up by the file's path in the package and checks it against the size the index holds, so a start that finds it
+reads (and decodes) no source at all.
 
 Measured (bench_code_fetch, 20 MB of sources in 19 chunks, zstd): 11-14 ms from nothing on the node to the handler
 importable over HTTP, where decoding every chunk first took 26-39 ms; docs/architecture.md, Code packages.
@@ -36,6 +41,7 @@ import itertools
 import marshal
 import mmap
 import os
+import pkgutil
 import posixpath
 import sys
 import threading
@@ -85,9 +91,10 @@ def build_index(manifest: PackageManifest) -> Index:
         if target in ranges:
             ranges[link.path] = ranges[target]
     modules: dict[str, tuple[str | None, bool]] = {}
+    compiled = {_extension_module(path) for path in ranges} - {None}
     for path in sorted(ranges):
-        if not path.endswith(".py"):
-            continue
+        if not path.endswith(".py") or path[:-3].replace("/", ".") in compiled:
+            continue  # a module with a C extension beside its source is the extension, as the path finder has it
         parts = path[:-3].split("/")
         if parts[-1] == "__init__":
             modules[".".join(parts[:-1])] = (path, True)
@@ -101,6 +108,14 @@ def build_index(manifest: PackageManifest) -> Index:
         for start, chunk in zip(manifest.chunk_starts(packed=True), manifest.chunks, strict=True)
     )
     return ranges, modules, manifest.codec.value, chunks
+
+
+def _extension_module(path: str) -> str | None:
+    """The module a C extension file is (`a/b/c.cpython-311-x86_64-linux-gnu.so` is `a.b.c`), else None."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if path.endswith(suffix):
+            return path[: -len(suffix)].replace("/", ".")
+    return None
 
 
 def write_index(directory: str, manifest: PackageManifest) -> None:
@@ -242,11 +257,11 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
         `pkgutil.iter_modules(package.__path__)` lists its modules as it would in a tree; ImportError elsewhere."""
         relative = os.path.relpath(path, self.code_dir) if os.path.isabs(path) else ".."
         if relative == ".":
-            return ArchiveDirectory(self, "")
+            return ArchiveDirectory(self, "", path)
         name = relative.replace(os.sep, ".")
         if relative.startswith("..") or self._modules.get(name, (None, False))[1] is False:
             raise ImportError(f"not a directory of the package at {self.code_dir}: {path}")
-        return ArchiveDirectory(self, name)
+        return ArchiveDirectory(self, name, path)
 
     def is_file(self, relative: str) -> bool:
         return relative in self._ranges
@@ -286,23 +301,41 @@ class ArchiveFinder(importlib.abc.MetaPathFinder):
         )
 
 
+ON_DISK_LOADERS = (
+    (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+    (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
+)
+"""What an archive directory's modules that are files on disk load with (`runtime/unpack.py` writes out every
+file but the sources): C extensions, and compiled modules shipped without their source."""
+
+
 class ArchiveDirectory:
     """The path-entry finder of one directory of an archive (`ArchiveFinder.listing`): what `pkgutil` asks of a
-    `sys.path_importer_cache` entry. Imports themselves go through the `ArchiveFinder` on `sys.meta_path`."""
+    `sys.path_importer_cache` entry, and what finds the directory's C extensions, which are files on disk (the
+    path finder asks it for any module the `ArchiveFinder` on `sys.meta_path` does not know)."""
 
-    def __init__(self, finder: ArchiveFinder, package: str) -> None:
+    def __init__(self, finder: ArchiveFinder, package: str, path: str) -> None:
         self.finder, self._package = finder, package
+        self._on_disk = importlib.machinery.FileFinder(path, *ON_DISK_LOADERS)
 
     def find_spec(self, fullname: str, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        return self.finder.find_spec(fullname, None, target) if fullname.rpartition(".")[0] == self._package else None
+        if fullname.rpartition(".")[0] != self._package:
+            return None
+        return self.finder.find_spec(fullname, None, target) or self._on_disk.find_spec(fullname, target)
 
     def invalidate_caches(self) -> None:
-        """Nothing cached: the index never changes."""
+        """Nothing cached for the archive: the index never changes."""
+        self._on_disk.invalidate_caches()
 
     def iter_modules(self, prefix: str = "") -> Iterator[tuple[str, bool]]:
         """(prefix + name, is a package) per module, as `pkgutil.iter_modules` expects of an importer."""
+        listed = set()
         for name, is_package in self.finder.children(self._package):
+            listed.add(name)
             yield prefix + name, is_package
+        for name, is_package in pkgutil.iter_importer_modules(self._on_disk):  # type: ignore[attr-defined]
+            if name not in listed:
+                yield prefix + name, is_package
 
 
 class ArchiveLoader(importlib.abc.SourceLoader):

@@ -6,9 +6,10 @@ then reused by every later start of the version, which costs one `stat` (bench_c
 Writing it is not the bottleneck either: there is no archive to parse (the manifest says where every file's bytes
 are), each chunk is decompressed and its files written by one thread with `os.open/os.write` straight from a
 memoryview of the chunk, and both codecs and the writes release the GIL. bench_code_fetch measures the whole
-path against tarfile extraction of the same tree. `layout: archive` skips the files and the decoding: each chunk is
-written as fetched into one file (its frame header checked against the manifest's size), and decoded only when a
-module is read from it (`runtime/archive.py`).
+path against tarfile extraction of the same tree. `layout: archive` (the default) skips the source files and most
+decoding: each chunk is written as fetched into one file (its frame header checked against the manifest's size),
+and decoded only when a module is read from it (`runtime/archive.py`); only the files that are not Python sources
+are written out, from the chunks holding them, decoded here.
 
 Safety: the tree is built in a temporary directory beside its final name and renamed into place, so a reader sees
 all of it or none; two instances starting the same version at once serialise on a lock file next to it (the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import posixpath
 import shutil
 import tempfile
 import threading
@@ -31,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from nest.contracts.chunks import Codec, Layout, check_frame, decompress_into
+from nest.contracts.chunks import Codec, Layout, check_frame, decompress, decompress_into
 from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nest.contracts.chunks import Bytes, ChunkRef, ManifestHead, PackageManifest
+    from nest.contracts.chunks import Bytes, ChunkRef, LinkEntry, ManifestHead, PackageManifest
 
 
 THREADS = 4
@@ -214,37 +216,55 @@ def _run(
 class _ArchiveWriter:
     """One file, `ARCHIVE_FILE`, sized up front; each chunk lands at its offset as fetched, with a single pwrite:
     no file per module and nothing decoded before the handler can be imported (`runtime/archive.py` decodes a
-    chunk when a module is read from it), which is what makes this layout fast on a cold node."""
+    chunk when a module is read from it), which is what makes this layout fast on a cold node.
+
+    The package's other files (data, C extensions, compiled files shipped without source) and the symlinks to
+    them are also written out as files, as the tree would have them: `open()` beside `__file__`, `ctypes` and
+    the extension loader need a real file. Only the chunks holding such a file are decoded here."""
 
     def __init__(self, manifest: PackageManifest, staging: Path) -> None:
         self._manifest, self._staging = manifest, staging
         self._descriptor = os.open(staging / ARCHIVE_FILE, _WRITE, 0o600)
         os.ftruncate(self._descriptor, sum(chunk.size for chunk in manifest.chunks))
         self._starts = manifest.chunk_starts(packed=True)
+        self._plan = _Plan([])
 
     def prepare(self) -> None:
         write_index(str(self._staging), self._manifest)
+        self._plan = _prepare(self._manifest, self._staging, only=on_disk)
 
-    def __call__(self, index: int, raw: Bytes) -> None:
-        _write_all(self._descriptor, raw, self._starts[index])
+    def __call__(self, index: int, packed: Bytes) -> None:
+        _write_all(self._descriptor, packed, self._starts[index])
+        pieces = self._plan.pieces[index]
+        if pieces:
+            raw = decompress(self._manifest.codec, packed, self._manifest.chunks[index].raw_size)
+            _write_pieces(self._staging, pieces, raw)
 
     def close(self) -> None:
         os.close(self._descriptor)
 
     def seal(self) -> None:
+        _link(self._staging, self._manifest, only=on_disk)
         for name in (ARCHIVE_FILE, ARCHIVE_INDEX):
             os.chmod(self._staging / name, 0o444)
-        os.chmod(self._staging, 0o555)
+        _seal(self._staging, self._plan)
 
 
-def _prepare(manifest: PackageManifest, staging: Path) -> _Plan:
-    """Directories, empty files and files spanning chunks made up front; each chunk's pieces listed."""
-    paths = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]
+def on_disk(path: str) -> bool:
+    """Whether the archive layout writes this package file out as a file: all but Python sources."""
+    return not path.endswith(".py")
+
+
+def _prepare(manifest: PackageManifest, staging: Path, *, only: Callable[[str], bool] | None = None) -> _Plan:
+    """Directories, empty files and files spanning chunks made up front; each chunk's pieces listed. `only`: the
+    files (and symlinks) to write, every one by default."""
+    files = [entry for entry in manifest.files if only is None or only(entry.path)]
+    paths = [entry.path for entry in files] + [link.path for link in _links(manifest, only)]
     for directory in sorted({os.path.dirname(path) for path in paths}):
         if directory:
             os.makedirs(staging / directory, mode=0o755, exist_ok=True)
     plan = _Plan([[] for _ in manifest.chunks])
-    for entry in manifest.files:
+    for entry in files:
         if entry.size == 0:
             os.close(os.open(staging / entry.path, _WRITE, _read_only(entry.mode)))
             continue
@@ -273,24 +293,44 @@ class _TreeWriter:
         self._plan = _prepare(self._manifest, self._staging)
 
     def __call__(self, index: int, raw: Bytes) -> None:
-        view = memoryview(raw)
-        for piece in self._plan.pieces[index]:
-            # a file spanning chunks exists already (`_prepare`); any other is created here, read-only
-            flags = _SHARED_WRITE if piece.shared else _WRITE
-            descriptor = os.open(self._staging / piece.path, flags, piece.mode)
-            try:
-                _write_all(descriptor, view[piece.chunk_offset : piece.chunk_offset + piece.length], piece.file_offset)
-            finally:
-                os.close(descriptor)
+        _write_pieces(self._staging, self._plan.pieces[index], raw)
 
     def close(self) -> None:
         """Nothing held open: each file is closed once written."""
 
     def seal(self) -> None:
         """Symlinks last (no write can go through one), then read-only."""
-        for link in self._manifest.links:
-            os.symlink(link.target, self._staging / link.path)
+        _link(self._staging, self._manifest)
         _seal(self._staging, self._plan)
+
+
+def _write_pieces(staging: Path, pieces: list[_Piece], raw: Bytes) -> None:
+    """One chunk's pieces of files, from its raw bytes."""
+    view = memoryview(raw)
+    for piece in pieces:
+        # a file spanning chunks exists already (`_prepare`); any other is created here, read-only
+        flags = _SHARED_WRITE if piece.shared else _WRITE
+        descriptor = os.open(staging / piece.path, flags, piece.mode)
+        try:
+            _write_all(descriptor, view[piece.chunk_offset : piece.chunk_offset + piece.length], piece.file_offset)
+        finally:
+            os.close(descriptor)
+
+
+def _links(manifest: PackageManifest, only: Callable[[str], bool] | None) -> list[LinkEntry]:
+    """The symlinks to make: all, or those whose target (resolved inside the package) is one of `only`'s files."""
+    if only is None:
+        return list(manifest.links)
+    return [
+        link
+        for link in manifest.links
+        if only(posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target)))
+    ]
+
+
+def _link(staging: Path, manifest: PackageManifest, *, only: Callable[[str], bool] | None = None) -> None:
+    for link in _links(manifest, only):
+        os.symlink(link.target, staging / link.path)
 
 
 def _write_all(descriptor: int, data: Bytes, position: int) -> None:

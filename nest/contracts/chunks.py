@@ -69,11 +69,12 @@ class Codec(StrEnum):
 
 
 class Layout(StrEnum):
-    """How a node keeps the package: `tree`, a directory of files (anything works: `open(__file__-relative)`, C
-    extensions); `archive`, the chunks as fetched in one file that modules are imported from, each chunk decoded
-    when first read (`runtime/archive.py`): no file per module to create and nothing to decode on a cold node
-    (bench_code_fetch: 4-6x faster to the handler importable here), for packages of pure-Python modules read
-    through imports or `loader.get_data` only."""
+    """How a node keeps the package: `archive` (what `nest deploy` builds unless `package.layout` says otherwise),
+    the chunks as fetched in one file that the Python sources are imported from, each chunk decoded when first
+    read, and every other file (data, C extensions) written out as a file (`runtime/archive.py`): no file per
+    module to create and next to nothing to decode on a cold node (bench_code_fetch: 3-5x faster to the handler
+    importable here); `tree`, every file a file, for code that treats its own `.py` files as files (lists them,
+    runs one as a script). A manifest without the field is a `tree` (packages built before archives existed)."""
 
     TREE = "tree"
     ARCHIVE = "archive"

@@ -4,9 +4,12 @@ the node cache on later ones, deduplicated chunks on a redeploy, refusals and ra
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
+import os
 import random
+import shutil
 import tarfile
 import time
 from typing import TYPE_CHECKING
@@ -14,7 +17,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nest.cli.packaging import build_chunked
-from nest.contracts.chunks import Codec, FileEntry, compress, pack_bundle, store_path
+from nest.contracts.chunks import Codec, FileEntry, Layout, compress, pack_bundle, store_path
+from nest.contracts.manifest import Package
+from runtime.archive import install
 from runtime.fetch import open_source
 from runtime.unpack import ensure_package
 
@@ -68,6 +73,52 @@ def test_a_package_is_fetched_and_unpacked_on_the_first_start(platform: Platform
         digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
     cached = platform.data_dir / "cache" / digest[:2] / digest
     assert (cached / ("chunks.bin" if layout == "archive" else "lib/helper.py")).is_file()
+
+
+FILES_BESIDE = """
+import importlib.machinery
+import os
+
+from lib import _bisect as fast
+
+HERE = os.path.dirname(__file__)
+
+
+def handle(request):
+    with open(os.path.join(HERE, "lib", "greeting.txt")) as file:
+        greeting = file.read().strip()
+    return {
+        "greeting": greeting,
+        "extension": fast.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)),
+        "main_on_disk": os.path.exists(__file__),
+    }
+"""
+
+
+def test_the_default_layout_serves_data_files_and_c_extensions_as_files(platform: Platform) -> None:
+    """`nest deploy` with no `package:`: an archive, whose non-source files are files (open() beside __file__ and
+    a C extension, chosen over a pure-Python fallback of the same name, as a tree would)."""
+    name = "pkg-files"
+    with_lib(platform, name)
+    shutil.copy(bisect_extension(), platform.work / name / "lib" / os.path.basename(bisect_extension()))
+    files = {"lib/__init__.py": "", "lib/greeting.txt": "hello from a data file\n", "lib/_bisect.py": "PURE = 1\n"}
+    platform.deploy(name, FILES_BESIDE, files=files)
+    with platform.http() as http:
+        answer = http.post(f"/function/{name}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"greeting": "hello from a data file", "extension": True, "main_on_disk": False}
+    digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
+    cached = platform.data_dir / "cache" / digest[:2] / digest
+    assert (cached / "chunks.bin").is_file()
+    assert (cached / "lib" / "greeting.txt").is_file()
+    assert not (cached / "main.py").exists()
+
+
+def bisect_extension() -> str:
+    path = getattr(importlib.import_module("_bisect"), "__file__", None)
+    if not path:
+        pytest.skip("this Python builds _bisect in (no C extension file to ship in a package)")
+    return str(path)
 
 
 def test_a_second_start_of_a_version_finds_the_node_cache(platform: Platform) -> None:
@@ -172,7 +223,7 @@ def test_a_package_with_a_path_escaping_the_tree_is_refused_naming_it(platform: 
 def test_the_code_store_serves_manifests_and_chunk_ranges(platform: Platform) -> None:
     with_lib(platform, "pkg-range")
     directory = platform.write_function("pkg-range", CODE, files={"lib/helper.py": "VALUE = 3\n"})
-    built = build_chunked(directory, codec=Codec.ZSTD)
+    built = build_chunked(directory, codec=Codec.ZSTD, layout=Layout(Package().layout))  # as `nest deploy` builds it
     platform.cli("deploy", str(directory))
     chunk = built.manifest.chunks[0]
     with platform.http() as http:
@@ -193,7 +244,11 @@ def test_another_node_fetches_a_package_over_http(platform: Platform, tmp_path: 
     with open_source(f"{platform.url}/api/v1/code") as source:
         done = ensure_package(tmp_path / "node-cache" / digest, digest, source)
     assert not done.cached
-    assert (done.code_dir / "lib" / "helper.py").read_text() == "VALUE = 'remote'\n"
+    finder = install(str(done.code_dir))  # the default layout: the sources are read from the archive
+    try:
+        assert finder.read("lib/helper.py") == b"VALUE = 'remote'\n"
+    finally:
+        finder.uninstall()
 
 
 def test_a_gzip_tar_from_an_older_client_is_still_deployed(platform: Platform) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import random
 import re
 from typing import TYPE_CHECKING
 
@@ -107,7 +109,8 @@ def test_the_node_cache_evicts_old_versions_past_its_budget(tmp_path: Path) -> N
     running = start_platform(tmp_path / "data", tmp_path / "work", extra=("--code-cache-size", "3KB"))
     try:
         (running.work / "evict" / "lib").mkdir(parents=True)
-        padding = "#" * 2000 + "\n"  # each version ~2.1 KB: one fits the 3 KB budget, two do not
+        # each version ~2.2 KB on disk (random text does not compress): one fits the 3 KB budget, two do not
+        padding = "# " + base64.b64encode(random.Random(7).randbytes(1500)).decode() + "\n"
         directory = running.write_function("evict", CODE, files={"lib/helper.py": f"VALUE = 1\n{padding}"})
         running.cli("deploy", str(directory))
         with running.http() as http:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.resources
 import marshal
 import os
 import pkgutil
+import shutil
 import sys
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-NAMES = ("archived_main", "archived_pkg", "archived_ns")
+NAMES = ("archived_main", "archived_pkg", "archived_ns", "archived_files")
 
 
 @pytest.fixture
@@ -36,6 +38,19 @@ def archive(tmp_path: Path) -> Iterator[str]:
     (root / "archived_pkg" / "sub" / "leaf.py").write_text("VALUE = 42\n")
     (root / "archived_pkg" / "data.txt").write_text("hello data\n")
     (root / "archived_ns" / "plain.py").write_text("import os\nHERE = os.path.dirname(__file__)\n")
+    (root / "archived_files").mkdir()
+    (root / "archived_files" / "__init__.py").write_text("")
+    (root / "archived_files" / "data.txt").write_text("hello data\n")
+    (root / "archived_files" / "reader.py").write_text(
+        "import os\nwith open(os.path.join(os.path.dirname(__file__), 'latest.txt')) as file:\n    TEXT = file.read()\n"
+    )
+    (root / "archived_files" / "latest.txt").symlink_to("data.txt")
+    (root / "archived_files" / "alias.py").symlink_to("../archived_pkg/sub/leaf.py")
+    extension = _stdlib_extension()
+    if extension is not None:  # a C extension with a pure-Python fallback beside it, as mypyc-built packages ship
+        name, path = extension
+        shutil.copy(path, root / "archived_files" / os.path.basename(path))
+        (root / "archived_files" / f"{name}.py").write_text("PURE = True\n")
     built = build_chunked(root, codec=Codec.LZ4, layout=Layout.ARCHIVE)
     target = cache_dir_for(tmp_path / "cache", built.manifest.digest)
     ensure_package(target, built.manifest.digest, FakeChunkSource(built.manifest, built.chunks))
@@ -46,9 +61,20 @@ def archive(tmp_path: Path) -> Iterator[str]:
         del sys.modules[name]
 
 
+def _stdlib_extension() -> tuple[str, str] | None:
+    """(module name, file) of a standard-library C extension built as a shared library, if this Python has one."""
+    for name in ("_bisect", "_heapq", "_json", "_random"):
+        path = getattr(importlib.import_module(name), "__file__", None)
+        if path and path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            return name, path
+    return None
+
+
 def test_an_archive_is_one_file_and_modules_import_from_it(archive: str) -> None:
     assert is_archive(archive)
-    assert sorted(os.listdir(archive)) == sorted([ARCHIVE_FILE, ARCHIVE_INDEX])
+    assert sorted(os.listdir(archive)) == sorted(
+        [ARCHIVE_FILE, ARCHIVE_INDEX, "archived_files", "archived_pkg", "nest.yaml"]
+    )
     main = importlib.import_module("archived_main")
     assert main.VALUE == 42
     assert main.__file__ == f"{archive}/archived_main.py"
@@ -87,13 +113,47 @@ def test_pkgutil_lists_the_modules_of_an_archive_as_of_a_tree(archive: str) -> N
     sub = importlib.import_module("archived_pkg.sub")
     assert [m.name for m in pkgutil.iter_modules(sub.__path__, "archived_pkg.sub.")] == ["archived_pkg.sub.leaf"]
     top = {m.name: m.ispkg for m in pkgutil.iter_modules([archive])}
-    assert top == {"archived_main": False, "archived_ns": True, "archived_pkg": True}
+    assert top == {"archived_main": False, "archived_ns": True, "archived_pkg": True, "archived_files": True}
     assert list(pkgutil.iter_modules([f"{archive}/no_such_dir"])) == []
     finder = next(f for f in sys.meta_path if getattr(f, "code_dir", None) == archive)
     for elsewhere in ("", "relative/dir", os.path.dirname(archive)):  # the cwd entry of sys.path among them
         with pytest.raises(ImportError):
             finder.listing(elsewhere)
     assert importlib.import_module("archived_pkg.sub.leaf").VALUE == 42  # imports still go through the finder
+
+
+def test_the_files_that_are_not_sources_are_files_on_disk(archive: str) -> None:
+    on_disk = {
+        os.path.relpath(os.path.join(directory, name), archive)
+        for directory, _, names in os.walk(archive)
+        for name in names
+    }
+    extension = _stdlib_extension()
+    shipped = {f"archived_files/{os.path.basename(extension[1])}"} if extension else set()
+    assert on_disk == {
+        ARCHIVE_FILE,
+        ARCHIVE_INDEX,
+        "nest.yaml",
+        "archived_pkg/data.txt",
+        "archived_files/data.txt",
+        "archived_files/latest.txt",
+    } | (shipped)
+    assert os.readlink(f"{archive}/archived_files/latest.txt") == "data.txt"  # a link to a source is not made
+    assert oct(os.stat(f"{archive}/archived_pkg/data.txt").st_mode & 0o777) == "0o444"
+    assert importlib.import_module("archived_files.reader").TEXT == "hello data\n"  # open() beside __file__
+    assert importlib.import_module("archived_files.alias").VALUE == 42  # a link to a source imports from the index
+
+
+def test_a_c_extension_is_imported_from_its_file_before_the_source_beside_it(archive: str) -> None:
+    extension = _stdlib_extension()
+    if extension is None:
+        pytest.skip("this Python builds its standard library's C extensions in (no shared library to copy)")
+    name, path = extension
+    module = importlib.import_module(f"archived_files.{name}")
+    assert module.__file__ == f"{archive}/archived_files/{os.path.basename(path)}"
+    assert not hasattr(module, "PURE")
+    listed = {m.name for m in pkgutil.iter_modules(importlib.import_module("archived_files").__path__)}
+    assert listed == {"alias", "reader", name}
 
 
 def test_unknown_modules_fall_through_to_the_other_finders(archive: str) -> None:
