@@ -43,6 +43,7 @@ import mmap
 import os
 import pkgutil
 import posixpath
+import stat
 import sys
 import threading
 from collections import OrderedDict
@@ -204,13 +205,37 @@ class ChunkStream:
                     raise InvalidInput(
                         "package", f"{damaged}; delete that directory and the next start fetches it again"
                     )
-                sys.stderr.write(f"nest: {damaged}: fetched it again (delete that directory to repair the cache)\n")
                 packed = self._refetch(ChunkRef(digest, packed_size, raw_size))
+                repaired = "and repaired the node cache" if self._repair(packed_start, packed) else "(not repaired)"
+                sys.stderr.write(f"nest: {damaged}: fetched it again {repaired}\n")
             raw = decompress(self.codec, packed, raw_size)
             self._decoded[index] = raw
             while len(self._decoded) > CHUNKS_KEPT:
                 self._decoded.popitem(last=False)
             return raw
+
+    def _repair(self, start: int, packed: Bytes) -> bool:
+        """Write a chunk fetched again (verified) over its damaged copy, so that later starts find it whole: best
+        effort. The cache is read-only: the file is made writable for the write and read-only again (instances
+        run as the user that materialised it). A reader meanwhile sees the old bytes or the new, never trusts
+        either unverified."""
+        try:
+            mode = os.stat(self.path).st_mode
+            os.chmod(self.path, mode | stat.S_IWUSR)
+            try:
+                descriptor = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    view = memoryview(packed)
+                    while view:
+                        written = os.pwrite(descriptor, view, start)
+                        view, start = view[written:], start + written
+                finally:
+                    os.close(descriptor)
+            finally:
+                os.chmod(self.path, stat.S_IMODE(mode))
+        except OSError:
+            return False
+        return True
 
 
 class ArchiveFinder(importlib.abc.MetaPathFinder):

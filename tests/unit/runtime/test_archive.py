@@ -215,13 +215,16 @@ def test_a_corrupted_chunk_in_the_node_cache_fails_the_read_and_is_never_importe
     finder.uninstall()
 
 
-def test_a_damaged_chunk_is_fetched_again_when_the_runtime_can(multi_chunk: tuple[str, Path], tmp_path: Path) -> None:
+def test_a_damaged_chunk_is_fetched_again_and_repaired_when_the_runtime_can(
+    multi_chunk: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     archive, root = multi_chunk
     path = os.path.join(archive, ARCHIVE_FILE)
     os.chmod(path, 0o644)
     with open(path, "r+b") as file:
         file.seek(200)
         file.write(b"\xff" * 64)
+    os.chmod(path, 0o444)
     built = build_chunked(root, codec=Codec.ZSTD, layout=Layout.ARCHIVE)
     source = FakeChunkSource(built.manifest, built.chunks)
     asked: list[str] = []
@@ -230,12 +233,16 @@ def test_a_damaged_chunk_is_fetched_again_when_the_runtime_can(multi_chunk: tupl
         asked.append(ref.digest)
         return bytes(source.chunk(ref))
 
-    finder = install(archive, refetch=refetch)
-    try:
-        assert finder.read("spread/m00.py") == (root / "spread" / "m00.py").read_bytes()
-        assert asked == [built.manifest.chunks[0].digest]  # the damaged chunk only
-    finally:
-        finder.uninstall()
+    for _ in range(2):
+        finder = install(archive, refetch=refetch)
+        try:
+            assert finder.read("spread/m00.py") == (root / "spread" / "m00.py").read_bytes()
+            # the damaged chunk only, and only once: the copy fetched again repaired the node cache
+            assert asked == [built.manifest.chunks[0].digest]
+        finally:
+            finder.uninstall()
+    assert os.stat(path).st_mode & 0o777 == 0o444, "read-only again"
+    assert "fetched it again and repaired the node cache" in capsys.readouterr().err
 
 
 def test_an_archive_written_before_chunks_were_kept_compressed_still_imports(tmp_path: Path) -> None:
