@@ -36,11 +36,9 @@ import threading
 import types
 from typing import TYPE_CHECKING, Any
 
-import uvloop
-
 from runtime.config import RuntimeConfig
 from runtime.logs import LogSink
-from runtime.main import _Server as InstanceServer, server_config
+from runtime.main import _Server as InstanceServer, run_loop, server_config
 from runtime.server import InvocationApp
 
 if TYPE_CHECKING:
@@ -86,7 +84,7 @@ def rehearse(scratch: str, *, join: bool = False) -> None:
     try:
         listener.bind(path)
         listener.listen(1)
-        uvloop.run(_exchange(app, config, listener, path))
+        run_loop(_exchange(app, config, listener, path))
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):
