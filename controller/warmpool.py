@@ -18,9 +18,11 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -153,6 +155,9 @@ class ZygotePool:
     connection: socket.socket | None = None
     generation: int = 0
     """Incremented by every start: instances forked by an earlier generation are due for replacement."""
+    scratch: str | None = None
+    """The zygote's private directory for its rehearsals' sockets (`runtime/rehearsal.py`): made and removed here,
+    not by the zygote, so that a zygote killed during its start-up (the platform stopping then) leaves nothing."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def restart(self) -> None:
@@ -162,12 +167,20 @@ class ZygotePool:
             await self.start()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()  # the process, if any, and the scratch directory
+            raise
+
+    async def _start(self) -> None:
         read_end, write_end = os.pipe()
         env = {**os.environ, "PYTHONPATH": self.import_root, "MALLOC_ARENA_MAX": "2"}
+        self.scratch = tempfile.mkdtemp(prefix="nest-rehearsal-")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 self.python,
-                *("-c", ZYGOTE_BOOT, "--control-socket", str(self.control_path)),
+                *("-c", ZYGOTE_BOOT, "--control-socket", str(self.control_path), "--scratch", self.scratch),
                 *("--preload", ",".join(self.preload), "--status-fd", str(write_end)),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_end,),
@@ -256,6 +269,9 @@ class ZygotePool:
                 self.process.kill()
                 await self.process.wait()
         self.process = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 def _read_line(fd: int) -> bytes:

@@ -209,7 +209,7 @@ def _warm_up() -> None:
     uvicorn.Config(app=lambda scope, receive, send: None, loop="none", http="httptools", log_config=None).load()
 
 
-def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
+def serve(control_path: str, *, preload: list[str], status_fd: int, scratch: str | None = None) -> int:
     die_with_parent()
     close_inherited(keep=status_fd)
     set_process_name("nest-zygote")
@@ -218,13 +218,16 @@ def serve(control_path: str, *, preload: list[str], status_fd: int) -> int:
     _warm_up()
     signal.signal(signal.SIGTERM, _stop)  # the platform stops us with SIGTERM: exit through the `finally` below
     # A private directory for the rehearsals' sockets (`runtime/rehearsal.py`): made once, so that no instance
-    # pays for the temporary-file machinery; removed when the zygote stops.
-    scratch = tempfile.mkdtemp(prefix="nest-rehearsal-")
+    # pays for the temporary-file machinery. The platform makes it and removes it (`--scratch`: a zygote killed
+    # during its start-up cannot); run alone, the zygote makes its own and removes it when it stops.
+    own = scratch is None
+    scratch = scratch if scratch is not None else tempfile.mkdtemp(prefix="nest-rehearsal-")
     try:
         settle(scratch)
         return _serve(control_path, status_fd, scratch)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if own:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -309,9 +312,10 @@ def main() -> int:
     parser.add_argument("--control-socket", required=True)
     parser.add_argument("--preload", default="", help="comma-separated modules to import before forking")
     parser.add_argument("--status-fd", type=int, required=True)
+    parser.add_argument("--scratch", help="a private directory for the rehearsals (made and removed by the caller)")
     args = parser.parse_args()
     preload = [name for name in args.preload.split(",") if name]
-    return serve(args.control_socket, preload=preload, status_fd=args.status_fd)
+    return serve(args.control_socket, preload=preload, status_fd=args.status_fd, scratch=args.scratch)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -350,3 +351,16 @@ def test_nest_up_refuses_a_bad_pools_file_naming_the_field(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "pools.web.preloads: unknown key" in result.stderr
     assert "max_idle (2) is below min_idle (5)" in result.stderr
+
+
+def test_a_platform_stopped_while_its_zygote_starts_leaves_no_scratch_directory(tmp_path: Path) -> None:
+    """The zygote's rehearsal directory is the platform's to make and remove: a zygote killed during its start-up
+    (nest up stopped right after it is ready to serve, before the pool is) leaves nothing in the temp directory."""
+    from tests.integration.conftest import start_platform, stop_platform
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("nest-rehearsal-*"))
+    for attempt in range(2):
+        platform = start_platform(tmp_path / f"data{attempt}", tmp_path / f"work{attempt}")
+        assert stop_platform(platform) == []
+    assert set(scratch.glob("nest-rehearsal-*")) - before == set()
