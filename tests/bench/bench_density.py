@@ -123,6 +123,10 @@ def main() -> None:
                 "pooled_uss_by_region_mib": {name: round(kib / 1024, 2) for name, kib in sorted(regions.items())},
                 "idle_unclaimed_uss_mib": round(statistics.median(idle_uss) / 1024, 1) if idle_uss else None,
                 "idle_unclaimed_over_fresh": round(statistics.median(idle_uss) / fresh_median, 3) if idle_uss else None,
+                "target_le_0_2": {  # issue 4: "USS per idle pooled instance" (in the pool) and, stricter, once claimed
+                    "idle_pool_instance": bool(idle_uss) and statistics.median(idle_uss) / fresh_median <= 0.2,
+                    "claimed_instance": pooled_median / fresh_median <= 0.2,
+                },
             }
         )
     )
