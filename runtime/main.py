@@ -159,7 +159,9 @@ def run(config: RuntimeConfig) -> int:
     sink.system(limit_memory(config.memory_bytes, config.concurrency, address_space=config.memory_rlimit))
     try:
         code_phases = _materialise(config)
-        handler = load_handler(config.code_dir, config.handler, style=config.style, bytecode=bool(config.package))
+        # an archive caches its bytecode itself; the tree's path hook would shadow the archive's (`pkgutil` listing)
+        tree = bool(config.package) and not _ARCHIVES
+        handler = load_handler(config.code_dir, config.handler, style=config.style, bytecode=tree)
         for archive in _ARCHIVES:
             archive.stream.forget()  # the chunks the imports decoded: not kept for the instance's lifetime
     except MemoryError:

@@ -78,7 +78,9 @@ def test_a_package_is_fetched_and_unpacked_on_the_first_start(platform: Platform
 FILES_BESIDE = """
 import importlib.machinery
 import os
+import pkgutil
 
+import lib
 from lib import _bisect as fast
 
 HERE = os.path.dirname(__file__)
@@ -91,6 +93,7 @@ def handle(request):
         "greeting": greeting,
         "extension": fast.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)),
         "main_on_disk": os.path.exists(__file__),
+        "listed": sorted(module.name for module in pkgutil.iter_modules(lib.__path__)),
     }
 """
 
@@ -101,12 +104,22 @@ def test_the_default_layout_serves_data_files_and_c_extensions_as_files(platform
     name = "pkg-files"
     with_lib(platform, name)
     shutil.copy(bisect_extension(), platform.work / name / "lib" / os.path.basename(bisect_extension()))
-    files = {"lib/__init__.py": "", "lib/greeting.txt": "hello from a data file\n", "lib/_bisect.py": "PURE = 1\n"}
+    files = {
+        "lib/__init__.py": "",
+        "lib/helper.py": "VALUE = 1\n",
+        "lib/greeting.txt": "hello from a data file\n",
+        "lib/_bisect.py": "PURE = 1\n",
+    }
     platform.deploy(name, FILES_BESIDE, files=files)
     with platform.http() as http:
         answer = http.post(f"/function/{name}")
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"greeting": "hello from a data file", "extension": True, "main_on_disk": False}
+    assert answer.json() == {
+        "greeting": "hello from a data file",
+        "extension": True,
+        "main_on_disk": False,
+        "listed": ["_bisect", "helper"],  # plugin discovery sees the archive's modules and the extension
+    }
     digest = platform.describe(name)["versions"][0]["code_digest"]  # type: ignore[index]
     cached = platform.data_dir / "cache" / digest[:2] / digest
     assert (cached / "chunks.bin").is_file()
