@@ -90,6 +90,8 @@ class PoolsConfig:
     import_root: str
     settings: dict[str, PoolSettings] = field(default_factory=dict)
     """Every pool, `default` included (added with default settings when absent)."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """The zygotes' whole environment (their preloads import under it): the backend's base for instances."""
 
 
 class WarmPools:
@@ -243,6 +245,7 @@ class WarmPools:
             self._config.import_root,
             preload,
             generation=after,
+            environment=self._config.environment,
         )
         try:
             await zygote.start()

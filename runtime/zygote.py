@@ -216,6 +216,9 @@ def serve(control_path: str, *, preload: list[str], status_fd: int, scratch: str
     for module in preload:
         importlib.import_module(module)
     _warm_up()
+    # Instances write no `__pycache__` (their environment says PYTHONDONTWRITEBYTECODE, which a fork does not
+    # read): as a fresh interpreter's. The zygote's own imports above did, so that its next start finds them.
+    sys.dont_write_bytecode = True
     signal.signal(signal.SIGTERM, _stop)  # the platform stops us with SIGTERM: exit through the `finally` below
     # A private directory for the rehearsals' sockets (`runtime/rehearsal.py`): made once, so that no instance
     # pays for the temporary-file machinery. The platform makes it and removes it (`--scratch`: a zygote killed

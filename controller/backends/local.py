@@ -109,7 +109,7 @@ class LocalBackend:
         self._cgroups: Cgroups | None = None
         self._import_root = str(Path(__file__).resolve().parents[2])  # where `runtime` and `nest` are importable
         self.warm_pools = WarmPools(
-            PoolsConfig(config.run_dir, config.python, self._import_root, dict(config.pools)),
+            PoolsConfig(config.run_dir, config.python, self._import_root, dict(config.pools), self._base_environment()),
             confine=self._confine_idle,
             on_stale=self._replace_stale,
         )
@@ -184,15 +184,23 @@ class LocalBackend:
         if self._cgroups is not None:
             remove_tree(self._cgroups.base)
 
-    def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
-        python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
+    def _base_environment(self) -> dict[str, str]:
+        """What every instance's environment starts from; a pool's zygote gets it with the operator's extra
+        variables and nothing else (`ZygotePool.environment`)."""
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONPATH": python_path,
             "MALLOC_ARENA_MAX": "2",  # bounds the address space threads reserve (see runtime/limits.py)
+            **self._config.extra_env,
+        }
+
+    def _environment(self, spec: InstanceSpec, workdir: Path) -> dict[str, str]:
+        python_path = os.pathsep.join(filter(None, [self._import_root, os.environ.get("PYTHONPATH", "")]))
+        return {
+            **self._base_environment(),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",  # what a pooled instance inherits from its zygote (`runtime/zygote.py`)
+            "PYTHONPATH": python_path,
             "HOME": str(workdir),
             "TMPDIR": str(workdir),
             "NEST_FUNCTION": spec.key.function,

@@ -146,6 +146,34 @@ def test_a_declared_pool_preloads_its_modules_and_unknown_pools_are_refused(tmp_
         assert stop_platform(running) == []
 
 
+CAPTURING = """
+import os
+from tests.integration.preloads import capture_env
+
+
+def handle(request):
+    return {"captured": sorted(capture_env.CAPTURED), "mine": os.environ.get("MINE")}
+"""
+
+
+def test_a_preload_imports_under_the_instances_base_environment_not_the_platforms(tmp_path: Path) -> None:
+    """The platform's environment (here the conftest's NEST_LEAK_CHECK canary) never reaches a zygote, so no
+    preload can capture it at import into memory every instance shares."""
+    from tests.integration.conftest import start_platform, stop_platform
+
+    pool = "capture=tests.integration.preloads.capture_env"
+    running = start_platform(tmp_path / "data", tmp_path / "work", extra=("--pool", pool))
+    try:
+        running.deploy("capturing", CAPTURING, "pool: capture\nenv: {MINE: mine}\n")
+        with running.http() as http:
+            seen = http.get("/function/capturing").json()
+    finally:
+        assert stop_platform(running) == []
+    assert "NEST_LEAK_CHECK" not in seen["captured"]
+    assert set(seen["captured"]) <= {"PATH", "LANG", "MALLOC_ARENA_MAX", "PYTHONPATH", "LC_CTYPE"}, seen
+    assert seen["mine"] == "mine", "the function's own environment is applied after the fork"
+
+
 SLOW = """
 import os, time
 

@@ -1,0 +1,1 @@
+"""Modules the integration tests name as a pool's preloads."""
