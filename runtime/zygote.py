@@ -215,7 +215,6 @@ def serve(control_path: str, *, preload: list[str], status_fd: int, scratch: str
     set_process_name("nest-zygote")
     for module in preload:
         importlib.import_module(module)
-    _warm_up()
     # Instances write no `__pycache__` (their environment says PYTHONDONTWRITEBYTECODE, which a fork does not
     # read): as a fresh interpreter's. The zygote's own imports above did, so that its next start finds them.
     sys.dont_write_bytecode = True
@@ -226,7 +225,7 @@ def serve(control_path: str, *, preload: list[str], status_fd: int, scratch: str
     own = scratch is None
     scratch = scratch if scratch is not None else tempfile.mkdtemp(prefix="nest-rehearsal-")
     try:
-        settle(scratch)
+        settle(scratch, warm_up=_warm_up)
         return _serve(control_path, status_fd, scratch)
     finally:
         if own:
