@@ -17,6 +17,9 @@ import time
 from contextvars import ContextVar
 
 LINE_MAX = 16 * 1024
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+"""One encoder for every line: `json.dumps` with an option builds one per call (and in a forked instance its
+first lines ran that code for the first time, copying the zygote's pages it lies on)."""
 
 current_invocation: ContextVar[str | None] = ContextVar("nest_invocation", default=None)
 
@@ -33,7 +36,7 @@ class LogSink:
         if len(message) > LINE_MAX:
             message = message[:LINE_MAX] + "...[truncated]"
         record = {"ts": time.time(), "stream": stream, **self._base, "invocation_id": invocation_id, "message": message}
-        line = json.dumps(record, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
+        line = _ENCODER.encode(record).encode("utf-8", "replace") + b"\n"
         with contextlib.suppress(OSError):  # a lost log file must not fail the function
             os.write(fd, line)
 
