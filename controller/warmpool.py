@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -182,7 +183,9 @@ class ZygotePool:
         read_end, write_end = os.pipe()
         debug = {name: value for name, value in os.environ.items() if name == "NEST_ZYGOTE_DEBUG_DUMP"}
         env = {**self.environment, **debug, "PYTHONPATH": self.import_root, "MALLOC_ARENA_MAX": "2"}
-        self.scratch = tempfile.mkdtemp(prefix="nest-rehearsal-")
+        prefix = f"nest-rehearsal-{hashlib.sha256(str(self.control_path).encode()).hexdigest()[:12]}-"
+        remove_stale(prefix)
+        self.scratch = tempfile.mkdtemp(prefix=prefix)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 self.python,
@@ -278,6 +281,18 @@ class ZygotePool:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
+
+
+def remove_stale(prefix: str) -> None:
+    """Remove the scratch directories (`ZygotePool.scratch`) that earlier zygotes of this pool left in the temp
+    directory: only a platform killed outright (SIGKILL, a crash) leaves one, and nothing else could remove it.
+    Only directories of ours are touched (not symlinks, owned by this user)."""
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _read_line(fd: int) -> bytes:

@@ -392,3 +392,24 @@ def test_a_platform_stopped_while_its_zygote_starts_leaves_no_scratch_directory(
         platform = start_platform(tmp_path / f"data{attempt}", tmp_path / f"work{attempt}")
         assert stop_platform(platform) == []
     assert set(scratch.glob("nest-rehearsal-*")) - before == set()
+
+
+def test_a_platform_killed_outright_has_its_zygotes_scratch_directory_removed_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    from tests.integration.conftest import start_platform, stop_platform
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("nest-rehearsal-*"))
+    first = start_platform(tmp_path / "data", tmp_path / "work")
+    first.wait_for(lambda: set(scratch.glob("nest-rehearsal-*")) - before, what="the zygote's scratch directory")
+    (left,) = set(scratch.glob("nest-rehearsal-*")) - before
+    first.process.kill()  # SIGKILL: nothing of the platform can clean up; its zygote dies with it
+    first.process.wait(timeout=10)
+    assert left.exists()
+    second = start_platform(tmp_path / "data", tmp_path / "work")
+    try:
+        second.wait_for(lambda: not left.exists(), what="the stale scratch directory removed")
+    finally:
+        assert stop_platform(second) == []
+    assert set(scratch.glob("nest-rehearsal-*")) - before == set()
