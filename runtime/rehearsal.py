@@ -64,24 +64,29 @@ class _QuietSink(LogSink):
         """Nothing of the rehearsal reaches a log."""
 
 
+def _config(**fields: Any) -> RuntimeConfig:
+    """A rehearsal's runtime configuration: a native handler, one at a time, no status pipe; `fields` on top."""
+    base: dict[str, Any] = {
+        "socket": "",
+        "handler": "main:handle",
+        "style": "native",
+        "function": "rehearsal",
+        "version": "v",
+        "instance": "rehearsal",
+        "timeout_s": 30.0,
+        "concurrency": 1,
+        "memory_bytes": 256 * 1024**2,
+        "status_fd": -1,
+    }
+    return RuntimeConfig(**{**base, **fields})
+
+
 def rehearse(scratch: str, *, join: bool = False) -> None:
     """Start a server on a socket in `scratch` (a private directory), serve one request, stop, clean up.
 
     `join`: wait for the handler thread to end (the zygote must fork with no thread but its own)."""
     path = os.path.join(scratch, f"{os.getpid()}.sock")
-    config = RuntimeConfig(
-        socket=path,
-        code_dir=scratch,
-        handler="main:handle",
-        style="native",
-        function="rehearsal",
-        version="v",
-        instance="rehearsal",
-        timeout_s=30.0,
-        concurrency=1,
-        memory_bytes=256 * 1024**2,
-        status_fd=-1,
-    )
+    config = _config(socket=path, code_dir=scratch)
     app = InvocationApp(config, _handler, _QuietSink(function="rehearsal", version="v", instance="rehearsal"))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -138,20 +143,8 @@ def rehearse_load(scratch: str) -> None:
     index = ({path: (0, len(source))}, {LOADED_MODULE: (path, False)}, "none", ((0, len(source), len(source), ""),))
     with open(os.path.join(code_dir, ARCHIVE_INDEX), "wb") as file:
         marshal.dump(index, file)
-    config = RuntimeConfig(
-        socket="",
-        code_dir=code_dir,
-        handler=f"{LOADED_MODULE}:handle",
-        style="native",
-        function="rehearsal",
-        version="v",
-        instance="rehearsal",
-        timeout_s=30.0,
-        concurrency=1,
-        memory_bytes=256 * 1024**2,
-        status_fd=-1,
-        package="0" * 64,
-        code_url="file:///nonexistent",
+    config = _config(
+        code_dir=code_dir, handler=f"{LOADED_MODULE}:handle", package="0" * 64, code_url="file:///nonexistent"
     )
     path_before = list(sys.path)
     try:
