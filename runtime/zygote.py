@@ -20,6 +20,7 @@ Deliberately not asyncio: the zygote must not have a running event loop (or any 
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module under `signal` (see `_reset_signals`)
 import argparse
 import contextlib
 import ctypes
@@ -53,21 +54,27 @@ REPARENT_WAIT_S = 1.0
 
 
 PYTHON_SIGNALS: dict[int, Any] = {
-    signal.SIGINT: signal.default_int_handler,
-    signal.SIGPIPE: signal.SIG_IGN,
-    signal.SIGXFSZ: signal.SIG_IGN,
+    _signal.SIGINT: _signal.default_int_handler,
+    _signal.SIGPIPE: _signal.SIG_IGN,
+    _signal.SIGXFSZ: _signal.SIG_IGN,
 }
 """What a fresh interpreter installs (KeyboardInterrupt on SIGINT; EPIPE instead of death on SIGPIPE)."""
 
 
 def _reset_signals() -> None:
-    """Every handler and the signal mask back to what a fresh interpreter has, whatever the zygote inherited."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+    """Every handler and the signal mask back to what a fresh interpreter has, whatever the zygote inherited.
+
+    Through `_signal`, the C module under `signal`, and only where a handler differs: `signal`'s wrappers turn
+    every number into an enum member and back, and that enum machinery, run for each of ~64 signals, copied
+    ~0.08 MiB of the zygote's pages in every instance (measured from outside on 3 forks)."""
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
+    for sig in _signal.valid_signals():
+        if sig in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
+        wanted = PYTHON_SIGNALS.get(sig, _signal.SIG_DFL)
         with contextlib.suppress(OSError, ValueError):
-            signal.signal(sig, PYTHON_SIGNALS.get(sig, signal.SIG_DFL))
+            if _signal.getsignal(sig) != wanted:
+                _signal.signal(sig, wanted)
 
 
 def _detach(request: dict[str, Any], closing: list[socket.socket]) -> None:
