@@ -124,6 +124,14 @@ def write_index(directory: str, manifest: PackageManifest) -> None:
         marshal.dump(build_index(manifest), file)
 
 
+def write_all(descriptor: int, data: Bytes, position: int) -> None:
+    """All of `data` at `position` of the file (`os.pwrite` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(descriptor, view, position)
+        view, position = view[written:], position + written
+
+
 def is_archive(code_dir: str) -> bool:
     return os.path.isfile(os.path.join(code_dir, ARCHIVE_INDEX))
 
@@ -225,10 +233,7 @@ class ChunkStream:
             try:
                 descriptor = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    view = memoryview(packed)
-                    while view:
-                        written = os.pwrite(descriptor, view, start)
-                        view, start = view[written:], start + written
+                    write_all(descriptor, packed, start)
                 finally:
                     os.close(descriptor)
             finally:

@@ -147,23 +147,19 @@ def rehearse_load(scratch: str) -> None:
         code_dir=code_dir, handler=f"{LOADED_MODULE}:handle", package="0" * 64, code_url="file:///nonexistent"
     )
     path_before = list(sys.path)
-    try:
-        for _ in range(2):  # compiled (pyc written), then from the pyc: what the first and later instances do
+    for _ in range(2):  # compiled (pyc written), then from the pyc: what the first and later instances do
+        try:
             _materialise(config)
             load_handler(config.code_dir, config.handler, style=config.style, bytecode=False)
             for finder in ARCHIVES:
                 finder.bytecode.flush()
                 finder.stream.forget()
+        finally:
+            for finder in ARCHIVES:
                 finder.uninstall()
             ARCHIVES.clear()
             sys.modules.pop(LOADED_MODULE, None)
             sys.path[:] = path_before
-    finally:
-        for finder in ARCHIVES:
-            finder.uninstall()
-        ARCHIVES.clear()
-        sys.modules.pop(LOADED_MODULE, None)
-        sys.path[:] = path_before
 
 
 MOVED_FROM: list[types.CodeType] = []

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nest.contracts.chunks import Codec, Layout, check_frame, decompress, decompress_into
-from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_index
+from runtime.archive import ARCHIVE_FILE, ARCHIVE_INDEX, write_all, write_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -234,7 +234,7 @@ class _ArchiveWriter:
         self._plan = _prepare(self._manifest, self._staging, only=on_disk)
 
     def __call__(self, index: int, packed: Bytes) -> None:
-        _write_all(self._descriptor, packed, self._starts[index])
+        write_all(self._descriptor, packed, self._starts[index])
         pieces = self._plan.pieces[index]
         if pieces:
             raw = decompress(self._manifest.codec, packed, self._manifest.chunks[index].raw_size)
@@ -312,7 +312,7 @@ def _write_pieces(staging: Path, pieces: list[_Piece], raw: Bytes) -> None:
         flags = _SHARED_WRITE if piece.shared else _WRITE
         descriptor = os.open(staging / piece.path, flags, piece.mode)
         try:
-            _write_all(descriptor, view[piece.chunk_offset : piece.chunk_offset + piece.length], piece.file_offset)
+            write_all(descriptor, view[piece.chunk_offset : piece.chunk_offset + piece.length], piece.file_offset)
         finally:
             os.close(descriptor)
 
@@ -331,13 +331,6 @@ def _links(manifest: PackageManifest, only: Callable[[str], bool] | None) -> lis
 def _link(staging: Path, manifest: PackageManifest, *, only: Callable[[str], bool] | None = None) -> None:
     for link in _links(manifest, only):
         os.symlink(link.target, staging / link.path)
-
-
-def _write_all(descriptor: int, data: Bytes, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(descriptor, view, position)
-        view, position = view[written:], position + written
 
 
 def _seal(staging: Path, plan: _Plan) -> None:

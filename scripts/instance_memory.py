@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.bench_density import uss_kib  # noqa: E402
+
 PROBE = "import os\n\n\ndef handle(request):\n    return {'pid': os.getpid()}\n"
 
 ZYGOTE = """
@@ -76,17 +80,8 @@ ctypes.CDLL(None).pause()
 """
 
 
-def uss_kib(pid: int) -> int:
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, _, rest = line.partition(":")
-        fields[name] = int(rest.split()[0])
-    return fields["Private_Clean"] + fields["Private_Dirty"]
-
-
 def package(root: Path) -> tuple[Path, str]:
     """The probe as an archive package in a node cache under `root` (what a claimed instance loads)."""
-    sys.path.insert(0, str(ROOT))
     from nest.cli.packaging import build_chunked
     from nest.contracts.chunks import Codec, Layout
     from runtime.unpack import cache_dir_for, ensure_package
