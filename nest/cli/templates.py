@@ -13,7 +13,7 @@ concurrency: 10
 #   min: 0                    # instances kept with no traffic
 #   max: 10
 #   utilization: 0.7          # scale ahead at 70% of concurrency per instance
-#   scale_down_delay: 30s
+#   scale_down_delay: 0s        # hold a higher windowed need this long before scaling down
 #   scale_to_zero_grace: 60s
 """
 

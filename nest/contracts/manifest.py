@@ -12,7 +12,7 @@ env: {GREETING: hi}
 timeout: 30s
 memory: 256Mi
 concurrency: 10             # max in-flight requests per instance
-scaling: {min: 0, max: 10, utilization: 0.7, scale_down_delay: 30s, scale_to_zero_grace: 60s}
+scaling: {min: 0, max: 10, utilization: 0.7, scale_down_delay: 0s, scale_to_zero_grace: 60s}
   # more scaling keys (docs/manifest.md): stable_window, panic_window, panic_threshold, max_scale_up_rate,
   # max_scale_down_rate, initial_scale, activation_scale, target_qps, target_cpu, target_memory, prediction,
   # start_latency, schedules: [{cron: "0 9 * * MON-FRI", timezone: Europe/Paris, duration: 8h, min: 4}]
