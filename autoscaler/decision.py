@@ -21,8 +21,10 @@ Modes, after Knative's KPA:
 
 - **panic** when the panic window's demand, in instances, reaches `panic_threshold` x the capacity: the ready
   instances, but no more than the stable window asks for (instances the instant terms added are no evidence
-  that the windows caught up). While the condition holds, the windowed demand (panic and stable window) is
-  ratcheted into `panic_held`; the count never drops below it nor below the instances found on entering.
+  that the windows caught up), and only while there is traffic (a short burst followed by a fast scale-down
+  leaves the 6 s window above the remaining capacity of a version that is already idle). While the condition
+  holds, the windowed demand (panic and stable window) is ratcheted into `panic_held`; the count never drops
+  below it nor below the instances found on entering.
   Panic ends when the condition has not held for a whole stable window (Knative's rule) *or* the stable window
   has caught up with the panic count *or* the version has been idle past its keep-alive.
 - **stable** otherwise: scale up at once; scale down only to the highest windowed recommendation within
@@ -131,7 +133,8 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     found = Demand.of(spec, windows, in_flight=seen.in_flight, queued=seen.queued, now=now, tick_s=tick_s)
     stable, windowed = found.stable(spec), found.windowed(spec)
     ready = seen.ready if seen.ready is not None else seen.current
-    trigger = found.panic_trigger(spec, max(1, min(ready, windowed.count)))
+    # A panic window still remembering a burst that has ended is no reason to start instances for an idle version.
+    trigger = found.panic_trigger(spec, max(1, min(ready, windowed.count))) if active else ""
     idle_s = now - state.last_active if state.last_active is not None else math.inf
     idle = not active and idle_s >= keep_s
     calm = f"idle {idle_s:.0f} s ≥ keep-alive {keep_s:.0f} s" if idle else ""

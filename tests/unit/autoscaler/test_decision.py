@@ -327,3 +327,15 @@ def test_a_deploys_initial_scale_is_kept_for_the_grace() -> None:
         spec, [(0, seen(0.0, current=0)), (30, seen(0.0, current=1)), (61, seen(0.0, current=1))], ScalerState()
     )
     assert [decision.desired for decision in decisions] == [1, 1, 0]
+
+
+def test_a_burst_that_has_ended_does_not_panic_an_idle_version() -> None:
+    # Found live: 36 async tasks drained in 2 s; the grace (2 s) then halved 6 instances to 3 and to 1, and the
+    # 6 s window, still holding the burst, read 1.8 in flight as 3 instances >= 2 x 1: it started 2 for nothing.
+    spec = ScalingSpec(target_concurrency=1, max=8, scale_to_zero_grace_s=2, initial_scale=0)
+    burst = [(float(t), seen(5.4, current=6)) for t in range(2)]
+    idle = [(float(t), seen(0.0, current=current)) for t, current in ((2, 6), (3, 6), (4, 3), (5, 1), (6, 1))]
+    decisions = run(spec, burst + idle)
+    assert [decision.mode for decision in decisions[2:]] == [Mode.STABLE] * 5
+    assert decisions[-2].desired <= 1, decisions[-2].reason
+    assert decisions[-1].desired == 0, decisions[-1].reason
