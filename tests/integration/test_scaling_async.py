@@ -1,10 +1,9 @@
 """An async backlog scales its function through a real `nest up`, and a paused backlog does not.
 
-The dispatcher sends a function's due tasks through the gateway, at most `async.concurrency` at once; those
-beyond the ready slots wait in the activator, so they count as queued work, then as concurrency, in the
-autoscaler's decisions (docs/autoscaling.md, metrics). Tasks beyond `async.concurrency` stay in the queue: the
-function could not use instances for them. A paused function's backlog is not dispatched, so it asks for no
-instances.
+Due tasks that the function's `async.concurrency` would let start count as queued work of its live version, and
+the dispatcher sends them through the gateway, where those beyond the ready slots wait in the activator
+(docs/autoscaling.md, metrics). Tasks beyond `async.concurrency` do not count: the function could not use more
+instances for them. A paused function's backlog is not dispatched and asks for no instances.
 """
 
 from __future__ import annotations
