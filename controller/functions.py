@@ -227,7 +227,10 @@ class FunctionService:
             "url": self.url_of(name),
             "created_at": record.created_at,
             "updated_at": record.updated_at,
-            "manifest": json.loads(latest.manifest_json) if latest is not None else None,
+            # As written in nest.yaml (`async`, not the model's `async_`), whichever way the version was stored.
+            "manifest": parse_manifest(latest.manifest_json).model_dump(mode="json", by_alias=True)
+            if latest is not None
+            else None,
             "versions": [
                 {"version": v.version, "created_at": v.created_at, "code_digest": v.code_digest} for v in versions
             ],

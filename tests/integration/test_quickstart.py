@@ -35,6 +35,8 @@ def test_init_deploy_invoke_list_describe_logs_delete(platform: Platform) -> Non
 
     described = json.loads(platform.cli("describe", "hello", "-o", "json").stdout)
     assert described["manifest"]["handler"] == "main:handle"
+    assert "async" in described["manifest"], "the manifest's keys as nest.yaml spells them"
+    assert "async_" not in described["manifest"]
     assert len(described["instances"]) == 1
     assert described["scaling"]["decisions"], "the scale from zero is explained"
 
