@@ -46,6 +46,32 @@ def is_open(schedule: ScalingSchedule, now: float) -> bool:
     return latest is not None and latest <= now < latest + schedule.duration_s
 
 
+def open_until(schedule: ScalingSchedule, now: float) -> float | None:
+    """When the window open at `now` closes (its latest firing plus `duration_s`; a later firing may extend it);
+    None if no window is open."""
+    minute = math.floor(now / 60.0) * 60
+    latest = _latest_firing(schedule.cron, schedule.timezone, minute, schedule.duration_s)
+    if latest is None or not latest <= now < latest + schedule.duration_s:
+        return None
+    return latest + schedule.duration_s
+
+
+def next_opening(schedule: ScalingSchedule, now: float) -> float | None:
+    """The first firing after `now` (epoch seconds), with the same daylight-saving rules; None if none comes."""
+    zone = ZoneInfo(schedule.timezone)
+    # Start a shift early: after a fall back, a wall time before now's may still fire after now (its second pass).
+    walls = croniter(schedule.cron, datetime.fromtimestamp(now, zone).replace(tzinfo=None) - SHIFT_MARGIN)
+    best: float | None = None
+    for _ in range(100_000):
+        wall: datetime = walls.get_next(datetime)
+        if best is not None and wall.replace(tzinfo=UTC).timestamp() > best + SHIFT_MARGIN.total_seconds() * 2:
+            return best
+        for instant in _instants(wall, zone):
+            if instant > now and (best is None or instant < best):
+                best = instant
+    return best
+
+
 @functools.lru_cache(maxsize=4096)
 def _latest_firing(cron: str, timezone: str, minute: int, duration_s: float) -> float | None:
     """The latest firing at or before `minute` (epoch seconds) that may still be open; None if there is none."""

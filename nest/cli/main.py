@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,7 +32,7 @@ from rich.table import Table
 
 from nest.cli.packaging import BuiltPackage, PackagingError, build_for_deploy
 from nest.cli.pools import pools
-from nest.cli.scale import scale_app
+from nest.cli.scale import scale_app, schedules_table
 from nest.cli.tasks import async_app, dlq_app, tasks_app
 from nest.cli.templates import HANDLERS, render
 from nest.cli.upload import UploadReport, upload_package
@@ -387,6 +388,8 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
         cpu = "-" if usage["cpu_cores"] is None else f"{usage['cpu_cores']:.2f} cores"
         memory = "-" if usage["memory_bytes"] is None else f"{usage['memory_bytes'] / 1024**2:.0f}Mi"
         out.print(f"usage cpu {cpu}  memory {memory}  ({usage['instances']} ready instance(s), last autoscaler tick)")
+    if scaling.get("schedules"):
+        out.print(schedules_table(scaling["schedules"], time.time()))
     error = info.get("last_init_error")
     if error:
         out.print(f"[red]last init error[/red] {_when(error['at'])}: {error['error_type']}: {error['detail']}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 (typer reads the annotation at run time)
 from typing import Annotated, Any
@@ -158,3 +159,32 @@ def _print_tables(runs: list[Any], log: int) -> None:
                 f"{item['time']:.2f}s", item["function"], str(item["desired"]), item["mode"], item["reason"]
             )
         out.print(decisions)
+
+
+def schedules_table(schedules: list[dict[str, Any]], now: float) -> Table:
+    """`nest describe`'s scheduled minimums, each with its window now: open until when, or when it next opens."""
+    from autoscaler.schedules import next_opening, open_until
+    from nest.contracts.model import ScalingSchedule
+
+    table = Table("CRON", "TIMEZONE", "FOR", "MIN", "NOW", box=None, title="scheduled minimums", title_justify="left")
+    for item in schedules:
+        schedule = ScalingSchedule(item["cron"], item["timezone"], float(item["duration"]), int(item["min"]))
+        until = open_until(schedule, now)
+        if until is not None:
+            state = f"[bold]open[/bold] until {_utc(until)}"
+        else:
+            opens = next_opening(schedule, now)
+            state = f"closed, opens {_utc(opens)}" if opens is not None else "closed, never fires again"
+        table.add_row(schedule.cron, schedule.timezone, _duration(schedule.duration_s), str(schedule.min), state)
+    return table
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

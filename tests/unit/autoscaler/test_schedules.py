@@ -10,7 +10,7 @@ import pytest
 from croniter import croniter
 from hypothesis import given, settings, strategies as st
 
-from autoscaler.schedules import is_open, minimum_at
+from autoscaler.schedules import is_open, minimum_at, next_opening, open_until
 from nest.contracts.manifest import ManifestError, parse_manifest
 from nest.contracts.model import ScalingSchedule
 
@@ -175,3 +175,34 @@ def test_schedules_agree_with_a_minute_by_minute_reading_of_the_wall_clock(
     elif mine:
         # Only a skipped wall time fires where the wall clock never shows it: at a transition inside the window.
         assert _offset_changes(zone, now - schedule.duration_s - 60, now)
+
+
+NEXT_CASES = [
+    # schedule, instant (UTC), next opening (UTC), open until (UTC) or None, why
+    (WORKDAY, utc(2026, 3, 27, 7, 0), utc(2026, 3, 27, 8, 0), None, "Friday morning: opens at 09:00 CET"),
+    (WORKDAY, utc(2026, 3, 27, 12, 0), utc(2026, 3, 30, 7, 0), utc(2026, 3, 27, 16, 0), "open; next is Monday, CEST"),
+    (NIGHTLY_PARIS, utc(2026, 3, 28, 23, 0), utc(2026, 3, 29, 1, 0), None, "02:30 is skipped: the transition"),
+    (NIGHTLY_PARIS, utc(2026, 10, 25, 0, 45), utc(2026, 10, 25, 1, 30), utc(2026, 10, 25, 1, 30), "02:30 twice"),
+    (NIGHTLY_NEW_YORK, utc(2026, 11, 1, 5, 0), utc(2026, 11, 1, 7, 30), None, "01:00-02:00 repeats, 02:30 once (EST)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "now", "opens", "until", "why"), NEXT_CASES, ids=[case[-1] for case in NEXT_CASES]
+)
+def test_next_opening_and_open_until(
+    schedule: ScalingSchedule, now: float, opens: float, until: float | None, why: str
+) -> None:
+    assert next_opening(schedule, now) == opens, why
+    assert open_until(schedule, now) == until, why
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([WORKDAY, NIGHTLY_PARIS, NIGHTLY_NEW_YORK, HOURLY_PARIS]), st.one_of(*map(near, SHIFTS)))
+def test_a_window_is_open_at_its_next_opening_and_not_just_before(schedule: ScalingSchedule, now: float) -> None:
+    opens = next_opening(schedule, now)
+    assert opens is not None
+    assert opens > now
+    assert is_open(schedule, opens)
+    if not is_open(schedule, now) and opens - 1 > now:
+        assert not is_open(schedule, opens - 1), "nothing fired between now and the next opening"
