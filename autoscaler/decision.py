@@ -34,9 +34,10 @@ Then, in order: rate limits; the idle rule (no in-flight, queued or completed wo
 zero, and before that an idle version keeps one instance); `activation_scale` whenever not at zero; `min` raised
 by the open schedules; `max`. The keep-alive is `scale_to_zero_grace_s`, lengthened to twice the longest of the
 last three idle gaps when that is at most five graces (a function called every minute or two stays warm, a rare
-one is not kept for nothing). The first decision for a version that has instances (an autoscaler restart) counts
-them as a recommendation made now and keeps them for a panic window of fresh metrics: no flapping. The first
-decision for a version with none (a deploy) starts `initial_scale`, kept like any activity for the grace.
+one is not kept for nothing). The first decision for a version that has instances (an autoscaler restart, or a new
+version that took over its predecessor's count, `controller/fleet.py`) counts them as a recommendation made now and
+keeps them for a panic window of fresh metrics: no flapping. The first decision for a version with none (a
+deploy) starts `initial_scale`, kept like any activity for the grace.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def _begin(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
         return state, "", 0
     if seen.current > 0:
         kept = ScalerState(((now, seen.current),), now, True, restarted_at=now, restarted_with=seen.current)
-        return kept, f"restart: keeps the {seen.current} instance(s) found until metrics are fresh", seen.current
+        return kept, f"found: keeps the {seen.current} running instance(s) until metrics are fresh", seen.current
     initial = min(spec.initial_scale, spec.max)
     if initial <= 0:
         return ScalerState(started=True), "", 0
@@ -300,7 +301,7 @@ def _restarted(spec: ScalingSpec, state: ScalerState, desired: int, why: str, *,
     if age >= spec.panic_window_s:
         return desired, why
     window = f"{spec.panic_window_s:g} s"
-    return state.restarted_with, f"restart: {age:.0f} s of metrics < {window} keeps {state.restarted_with} ({why})"
+    return state.restarted_with, f"found: {age:.0f} s of metrics < {window} keeps {state.restarted_with} ({why})"
 
 
 def _bounds(spec: ScalingSpec, desired: int, why: str, *, now: float) -> tuple[int, str]:

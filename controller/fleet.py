@@ -87,11 +87,19 @@ class Fleet:
 
     # what controller/functions.py calls
 
-    def register(self, template: InstanceSpec, scaling: ScalingSpec) -> None:
-        """A version goes live (deploy, or found at start-up). Starts at its `min`."""
-        version = self._versions.get(template.key)
-        if version is None:
-            self._versions[template.key] = Version(template, scaling, desired=scaling.min)
+    def register(self, template: InstanceSpec, scaling: ScalingSpec, *, takeover: VersionKey | None = None) -> None:
+        """A version goes live (deploy, or found at start-up). Starts at its `min`, or, replacing `takeover`
+        under load, at as many instances as that version has (within `max`): the load it served arrives at
+        once, and one instance would have queued it until the autoscaler's next tick."""
+        if template.key in self._versions:
+            self._wake.set()
+            return
+        version = self._versions[template.key] = Version(template, scaling, desired=scaling.min)
+        running = min(sum(self.counts(takeover)), scaling.max) if takeover is not None else 0
+        if takeover is not None and running > version.desired:
+            version.desired = running
+            reason = f"redeploy: takes over the {running} instance(s) of version {takeover.version}"
+            version.decisions.append((self._clock(), running, version.mode, reason))
         self._wake.set()
 
     def unregister(self, key: VersionKey) -> None:

@@ -133,7 +133,10 @@ class FunctionService:
         previous = self._live.get(key.function)
         code_dir = code_dir_for(self._config.code_root, record.code_digest)
         package = record.code_digest if self.chunks.has_manifest(record.code_digest) else ""
-        self._fleet.register(template_of(key, manifest, code_dir, package=package), manifest.scaling_spec())
+        takeover = previous[0] if previous is not None and previous[0] != key else None
+        self._fleet.register(
+            template_of(key, manifest, code_dir, package=package), manifest.scaling_spec(), takeover=takeover
+        )
         self._publisher.set_route(route_of(key, manifest))
         self._live[key.function] = (key, manifest)
         if previous is not None and previous[0] != key:

@@ -95,7 +95,7 @@ async def test_a_restarted_autoscaler_keeps_the_instances_it_finds() -> None:
         clock.now += 1
     assert desired[:6] == [4] * 6, "no scale-down before a panic window of fresh metrics"
     assert desired[-1] < 4
-    assert target.calls[0][2].startswith("restart")
+    assert target.calls[0][2].startswith("found: keeps the")
 
 
 async def test_a_version_absent_from_the_traffic_had_none_since_its_last_tick() -> None:

@@ -113,3 +113,27 @@ async def test_a_new_version_replaces_the_old_one() -> None:
     assert [s.key for s in backend.running.values()] == [V2]
     await fleet.shutdown(grace_s=1)
     assert backend.running == {}
+
+
+async def test_a_new_version_takes_over_the_old_ones_instance_count_within_its_max() -> None:
+    fleet, backend, _, _ = make()
+    fleet.register(template(V1), ScalingSpec())
+    await fleet.scale(V1, 3, "up")
+    await fleet.reconcile()
+    fleet.register(template(V2), ScalingSpec(max=2), takeover=V1)
+    fleet.unregister(V1)
+    await fleet.reconcile()
+    await settle()
+    assert [s.key for s in backend.running.values()] == [V2, V2]
+    reasons = [decision["reason"] for decision in fleet.scaling_status(V2)["decisions"]]
+    assert reasons == ["redeploy: takes over the 2 instance(s) of version v1"]
+
+
+async def test_a_new_version_of_an_idle_function_starts_at_its_min() -> None:
+    fleet, backend, _, _ = make()
+    fleet.register(template(V1), ScalingSpec())
+    fleet.register(template(V2), ScalingSpec(min=1), takeover=V1)
+    fleet.unregister(V1)
+    await fleet.reconcile()
+    assert [s.key for s in backend.started] == [V2]
+    assert fleet.scaling_status(V2)["decisions"] == []
