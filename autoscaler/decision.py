@@ -165,6 +165,22 @@ def decide(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float)
     return Decision(desired=desired, mode=mode, metric=metric, reason=why, state=state)
 
 
+def answer_poke(spec: ScalingSpec, state: ScalerState, seen: Observation, now: float) -> Decision | None:
+    """A decision between ticks for a version whose requests wait while none of its instances is ready, or None.
+
+    `seen` is a point observation (`interval_s` 0, `poked`) of the requests waiting now. At zero instances it
+    decides as a tick would (activation, and as many instances as the waiting requests need at once, not one);
+    while every instance is still starting, only to add instances the waiting requests need beyond theirs (the
+    rest of a burst that arrived after the first poke was answered). Once an instance is ready, the ticks decide.
+    """
+    if seen.ready:
+        return None
+    decision = decide(spec, state, seen, now)
+    if seen.current and decision.desired <= seen.current:
+        return None
+    return decision
+
+
 def _panic(state: ScalerState, desired: int, want: Want, *, note: str, triggered: bool) -> tuple[int, str, ScalerState]:
     """In panic: ratchet the windowed demand into `panic_held` while the condition holds; never go below it."""
     if triggered:

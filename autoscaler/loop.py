@@ -5,8 +5,9 @@ traffic comes through `MetricsSource`, the instances' CPU and memory through `Us
 after the traffic), decisions go out through `ScaleTarget`, and the decision itself is `decision.decide`. QPS
 is the requests *admitted* over the interval (`VersionTraffic.arrived`) where the source counts them: arrivals
 show a load that outgrows its instances at once, while completions are capped by the capacity already there.
-A poke (the activator holding a request for a version with no instance) decides for that version immediately
-rather than up to a tick later: a cold start must not wait for the clock.
+A poke (the activator holding requests for a version none of whose instances is ready) decides for that version
+immediately rather than up to a tick later, for as many instances as the waiting requests need: a cold start, or
+a burst arriving while its instances start, must not wait for the clock.
 
 Two clocks: the monotonic one paces the ticks and is what the metrics source is asked with; decisions get wall
 time (epoch seconds), because schedules are wall-clock. After a restart the states are empty: each version's
@@ -23,7 +24,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
+from autoscaler.decision import Decision, Mode, Observation, ScalerState, answer_poke, decide
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -62,12 +63,14 @@ class Autoscaler:
         self._modes: dict[VersionKey, Mode] = {}
         self._ticked_at: dict[VersionKey, float] = {}
         self._decisions: dict[VersionKey, deque[tuple[float, int, str]]] = {}
-        self._poked: set[VersionKey] = set()
+        self._poked: dict[VersionKey, int] = {}
+        """Versions with requests waiting since the last answer, and the most that waited at once."""
         self._wake = asyncio.Event()
 
-    def poke(self, key: VersionKey) -> None:
-        """A request waits for `key`: decide for it now. Cheap and non-blocking (called on the request path)."""
-        self._poked.add(key)
+    def poke(self, key: VersionKey, waiting: int = 1) -> None:
+        """`waiting` requests wait for `key` (the activator's buffer): decide for it now. Cheap and non-blocking
+        (called on the request path, once per request that has to wait)."""
+        self._poked[key] = max(self._poked.get(key, 0), waiting)
         self._wake.set()
 
     def recent_decisions(self, key: VersionKey) -> list[tuple[float, int, str]]:
@@ -137,18 +140,26 @@ class Autoscaler:
         return used
 
     async def answer_pokes(self) -> None:
-        """Decide at once for poked versions that have no instance yet."""
-        poked, self._poked = self._poked, set()
+        """Decide at once for poked versions none of whose instances is ready (`decision.answer_poke`)."""
+        poked, self._poked = self._poked, {}
         scalables = self._target.scalables()
         now = self._wall_clock()
-        for key in poked:
-            if key in scalables and scalables[key][1] == 0:
-                spec, current = scalables[key]
-                seen = Observation(0.0, 0, 1, 0, current, poked=True, ready=0, interval_s=0.0)
-                await self._apply(key, spec, seen, now)
+        for key, waiting in poked.items():
+            if key not in scalables or self._target.counts(key)[0]:
+                continue
+            spec, current = scalables[key]
+            seen = Observation(0.0, 0, max(waiting, 1), 0, current, poked=True, ready=0, interval_s=0.0)
+            decision = answer_poke(spec, self._states.get(key, ScalerState()), seen, now)
+            if decision is not None:
+                await self._record(key, decision, now)
 
     async def _apply(self, key: VersionKey, spec: ScalingSpec, seen: Observation, now: float) -> Decision:
         decision = decide(spec, self._states.get(key, ScalerState()), seen, now)
+        await self._record(key, decision, now)
+        return decision
+
+    async def _record(self, key: VersionKey, decision: Decision, now: float) -> None:
+        """Keep the decision's state and history, and send its count to the target."""
         self._states[key] = decision.state
         history = self._decisions.setdefault(key, deque(maxlen=DECISIONS_KEPT))
         changed = self._modes.get(key, Mode.STABLE) is not decision.mode
@@ -156,7 +167,6 @@ class Autoscaler:
             history.append((now, decision.desired, decision.reason))
         self._modes[key] = decision.mode
         await self._target.scale(key, decision.desired, decision.reason, mode=decision.mode.value)
-        return decision
 
 
 def _observe(

@@ -54,7 +54,7 @@ class VersionGate:
         key: VersionKey,
         *,
         buffer_size: int,
-        on_demand: Callable[[VersionKey], None],
+        on_demand: Callable[[VersionKey, int], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
@@ -91,7 +91,7 @@ class VersionGate:
         if endpoint is not None:
             return endpoint
         if self.failure is not None and not self.endpoints:
-            self._on_demand(self.key)  # keep asking: the controller retries the start with a backoff
+            self._on_demand(self.key, 1)  # keep asking: the controller retries the start with a backoff
             raise self._init_error(self.failure)
         if len(self._waiters) >= self.buffer_size:
             raise BufferFull(
@@ -101,7 +101,7 @@ class VersionGate:
         waiter: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self.traffic.enqueued(self._clock())
-        self._on_demand(self.key)
+        self._on_demand(self.key, len(self._waiters))
         started = self._clock()
         served = False
         try:

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 
 class DemandSignal(Protocol):
-    """Tell the scaler a version needs capacity now (a request is waiting), without waiting for its next tick."""
+    """Tell the scaler a version needs capacity now (requests are waiting), without waiting for its next tick."""
 
-    def poke(self, key: VersionKey) -> None: ...
+    def poke(self, key: VersionKey, waiting: int = 1) -> None:
+        """`waiting`: how many requests the activator holds for the version now."""
 
 
 class ControlPlane(Protocol):

@@ -47,9 +47,9 @@ class RoutingTable:
         """Late binding for wiring: the scaler is built after the table it reads from."""
         self._demand = demand
 
-    def _poke(self, key: VersionKey) -> None:
+    def _poke(self, key: VersionKey, waiting: int) -> None:
         if self._demand is not None:
-            self._demand.poke(key)
+            self._demand.poke(key, waiting)
 
     def gate(self, key: VersionKey) -> VersionGate:
         gate = self.gates.get(key)

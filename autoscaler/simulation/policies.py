@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from autoscaler.decision import Observation, ScalerState, decide
+from autoscaler.decision import Observation, ScalerState, answer_poke, decide
 from nest.contracts.errors import InvalidInput
 from nest.contracts.model import ScalingSpec
 
@@ -56,7 +56,7 @@ def nest_spec(*, concurrency: int, start_latency_s: float, **overrides: Any) -> 
 
 
 class NestPolicy:
-    """Nest's own `decide`, ticked every second and poked like `autoscaler/loop.py` does (only at zero)."""
+    """Nest's own `decide`, ticked every second, poked as `autoscaler/loop.py` is (while no instance is ready)."""
 
     def __init__(self, spec: ScalingSpec, *, tick_s: float = 1.0) -> None:
         self.spec = spec
@@ -69,15 +69,12 @@ class NestPolicy:
         return Verdict(decision.desired, decision.reason, decision.mode.value)
 
     def poke(self, seen: Observation, now: float) -> Verdict | None:
-        if seen.current:
+        # As `Autoscaler.answer_pokes`: the requests waiting now, while no instance is ready.
+        decision = answer_poke(self.spec, self._state, seen, now)
+        if decision is None:
             return None
-        # As `Autoscaler.answer_pokes`: a point observation of one waiting request at zero instances.
-        return self.decide(
-            Observation(
-                concurrency=0.0, in_flight=0, queued=1, completed=0, current=0, poked=True, ready=0, interval_s=0.0
-            ),
-            now,
-        )
+        self._state = decision.state
+        return Verdict(decision.desired, decision.reason, decision.mode.value)
 
 
 class _Buckets:

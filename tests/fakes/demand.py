@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 class FakeDemandSignal:
     def __init__(self) -> None:
         self.pokes: list[VersionKey] = []
+        self.waiting: list[int] = []
+        """How many requests waited at each poke."""
 
-    def poke(self, key: VersionKey) -> None:
+    def poke(self, key: VersionKey, waiting: int = 1) -> None:
         self.pokes.append(key)
+        self.waiting.append(waiting)

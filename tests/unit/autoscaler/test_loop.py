@@ -47,6 +47,30 @@ async def test_a_poke_decides_at_once_for_a_version_at_zero() -> None:
     assert target.calls[-1][2].startswith("activate")
 
 
+async def test_a_poke_at_zero_starts_what_the_waiting_requests_need_not_one() -> None:
+    scaler, _, target, _ = make(ScalingSpec(target_concurrency=2, initial_scale=0))
+    for waiting in range(1, 9):  # a burst of 8: one poke each, answered once the burst is in
+        scaler.poke(KEY, waiting)
+    await scaler.answer_pokes()
+    assert target.calls[-1][1] == 4
+    assert target.calls[-1][2].startswith("activate: 8 request(s) waiting, 0 instances → 4")
+
+
+async def test_a_poke_while_instances_start_adds_only_what_they_cannot_take() -> None:
+    scaler, _, target, _ = make(ScalingSpec(target_concurrency=2, initial_scale=0), current=2)
+    target.starting[KEY] = 2
+    scaler.poke(KEY, 4)
+    await scaler.answer_pokes()
+    assert target.calls == [], "2 starting instances take 4 waiting requests"
+    scaler.poke(KEY, 7)
+    await scaler.answer_pokes()
+    assert target.calls[-1][1] == 4
+    target.starting[KEY] = 1
+    scaler.poke(KEY, 12)
+    await scaler.answer_pokes()
+    assert target.calls[-1][1] == 4, "an instance is ready: the ticks decide from here"
+
+
 async def test_a_poke_adds_no_time_to_the_windows() -> None:
     scaler, metrics, target, clock = make()
     scaler.poke(KEY)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hypothesis import given, settings, strategies as st
 
-from autoscaler.decision import Decision, Mode, Observation, ScalerState, decide
+from autoscaler.decision import Decision, Mode, Observation, ScalerState, answer_poke, decide
 from nest.contracts.model import ScalingSpec
 
 T0 = 1_800_000_000.0
@@ -157,3 +157,18 @@ def test_the_same_inputs_give_the_same_decision(scenario: tuple[ScalingSpec, lis
         once, again = decide(spec, state, step.seen, now), decide(spec, state, step.seen, now)
         assert once == again
         state = once.state
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs(), st.integers(0, 20), st.integers(0, 20), st.integers(1, 200))
+def test_a_poke_never_removes_instances_and_only_acts_while_none_is_ready(
+    spec: ScalingSpec, current: int, ready: int, waiting: int
+) -> None:
+    ready = min(ready, current)
+    seen = Observation(0.0, 0, waiting, 0, current, poked=True, ready=ready, interval_s=0.0)
+    decision = answer_poke(spec, ScalerState(started=True), seen, T0)
+    if ready:
+        assert decision is None
+    elif decision is not None:
+        assert decision.desired > current
+        assert decision.desired <= spec.max

@@ -64,6 +64,15 @@ async def test_a_request_with_no_instance_waits_pokes_and_goes_out_when_one_is_r
     assert gate.traffic.in_flight == 1
 
 
+async def test_each_poke_says_how_many_requests_wait() -> None:
+    gate, demand, _ = make_gate()
+    waiters = [asyncio.create_task(gate.acquire(timeout_s=5)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert demand.waiting == [1, 2, 3]
+    gate.set_endpoints([address(1, concurrency=3)])
+    await asyncio.gather(*waiters)
+
+
 async def test_a_released_slot_goes_to_the_oldest_waiter_first() -> None:
     gate, _, _ = make_gate()
     gate.set_endpoints([address(1, concurrency=1)])
