@@ -26,10 +26,10 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from nest.cli.output import err, out
 from nest.cli.packaging import BuiltPackage, PackagingError, build_for_deploy
 from nest.cli.pools import pools
 from nest.cli.scale import scale_app, schedules_table
@@ -54,8 +54,6 @@ app.add_typer(tasks_app, name="tasks")
 app.command("pools")(pools)
 app.add_typer(async_app, name="async")
 app.add_typer(dlq_app, name="dlq")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PROGRESS_OVER_BYTES = 1024**2
 

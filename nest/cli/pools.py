@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
 from rich.table import Table
 
+from nest.cli.output import err, out
 from nest.client import DEFAULT_URL, ClientError, NestClient
 
 COLUMNS = {
@@ -29,9 +29,6 @@ COLUMNS = {
     "nest_pool_recycled": "recycled",
     "nest_pool_zygote_restarts": "zygote_restarts",
 }
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def parse_pool_metrics(text: str) -> list[dict[str, Any]]:

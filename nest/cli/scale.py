@@ -18,15 +18,13 @@ from pathlib import Path  # noqa: TC003 (typer reads the annotation at run time)
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from nest.cli.output import err, out
 from nest.contracts.errors import InvalidInput
 from nest.contracts.manifest import parse_duration
 
 scale_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling tools (local, no server needed).")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 MAX_CONCURRENCY = 10_000
 POLICY_NAMES = "nest, kpa, keepalive-<duration> (e.g. keepalive-10m) or static-<N>"
 

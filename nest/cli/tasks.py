@@ -19,17 +19,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from nest.cli.output import err, out
 from nest.client import DEFAULT_URL, ClientError, NestClient
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Follow and cancel async invocations.")
 async_app = typer.Typer(no_args_is_help=True, help="Pause, resume or clear a function's async queue.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered invocations: list, show, redrive, purge.")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="Nest's URL (default: $NEST_URL or " + DEFAULT_URL + ")")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON")]
