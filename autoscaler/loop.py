@@ -145,10 +145,11 @@ class Autoscaler:
         scalables = self._target.scalables()
         now = self._wall_clock()
         for key, waiting in poked.items():
-            if key not in scalables or self._target.counts(key)[0]:
+            if key not in scalables:
                 continue
             spec, current = scalables[key]
-            seen = Observation(0.0, 0, max(waiting, 1), 0, current, poked=True, ready=0, interval_s=0.0)
+            ready, _ = self._target.counts(key)
+            seen = Observation(0.0, 0, max(waiting, 1), 0, current, poked=True, ready=ready, interval_s=0.0)
             decision = answer_poke(spec, self._states.get(key, ScalerState()), seen, now)
             if decision is not None:
                 await self._record(key, decision, now)

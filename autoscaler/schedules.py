@@ -39,16 +39,14 @@ def minimum_at(schedules: Iterable[ScalingSchedule], now: float) -> int:
 
 def is_open(schedule: ScalingSchedule, now: float) -> bool:
     """Whether some firing of `schedule` lies in `(now - duration_s, now]`."""
-    # Firings fall on whole minutes (and so do DST transitions), so the latest firing at or before `now` is the
-    # latest at or before the minute's start: one search per minute and schedule, cached.
-    minute = math.floor(now / 60.0) * 60
-    latest = _latest_firing(schedule.cron, schedule.timezone, minute, schedule.duration_s)
-    return latest is not None and latest <= now < latest + schedule.duration_s
+    return open_until(schedule, now) is not None
 
 
 def open_until(schedule: ScalingSchedule, now: float) -> float | None:
     """When the window open at `now` closes (its latest firing plus `duration_s`; a later firing may extend it);
     None if no window is open."""
+    # Firings fall on whole minutes (and so do DST transitions), so the latest firing at or before `now` is the
+    # latest at or before the minute's start: one search per minute and schedule, cached.
     minute = math.floor(now / 60.0) * 60
     latest = _latest_firing(schedule.cron, schedule.timezone, minute, schedule.duration_s)
     if latest is None or not latest <= now < latest + schedule.duration_s:

@@ -95,8 +95,7 @@ class Fleet:
             self._wake.set()
             return
         version = self._versions[template.key] = Version(template, scaling, desired=scaling.min)
-        running = min(sum(self.counts(takeover)), scaling.max) if takeover is not None else 0
-        if takeover is not None and running > version.desired:
+        if takeover is not None and (running := min(sum(self.counts(takeover)), scaling.max)) > version.desired:
             version.desired = running
             reason = f"redeploy: takes over the {running} instance(s) of version {takeover.version}"
             version.decisions.append((self._clock(), running, version.mode, reason))

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from nest.cli.output import err, out
+from nest.cli.output import err, out, when
 from nest.cli.packaging import BuiltPackage, PackagingError, build_for_deploy
 from nest.cli.pools import pools
 from nest.cli.scale import scale_app, schedules_table
@@ -352,12 +352,6 @@ def list_functions(output: OutputOption = Output.TABLE, url: UrlOption = None) -
     out.print(table)
 
 
-def _when(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 @app.command()
 def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = None) -> None:
     """Show a function: configuration, instances, scaling decisions, last init error, versions."""
@@ -390,34 +384,34 @@ def describe(name: str, output: OutputOption = Output.TABLE, url: UrlOption = No
         out.print(schedules_table(scaling["schedules"], time.time()))
     error = info.get("last_init_error")
     if error:
-        out.print(f"[red]last init error[/red] {_when(error['at'])}: {error['error_type']}: {error['detail']}")
+        out.print(f"[red]last init error[/red] {when(error['at'])}: {error['error_type']}: {error['detail']}")
     instances = Table("INSTANCE", "VERSION", "STATE", "STARTED", box=None, title="instances", title_justify="left")
     for item in info["instances"]:
-        instances.add_row(item["id"], item["version"], item["state"], _when(item["started_at"]))
+        instances.add_row(item["id"], item["version"], item["state"], when(item["started_at"]))
     out.print(instances)
     decisions = Table("AT", "DESIRED", "MODE", "REASON", box=None, title="scaling decisions", title_justify="left")
     for item in info["scaling"]["decisions"]:
-        decisions.add_row(_when(item["at"]), str(item["desired"]), item.get("mode", "stable"), item["reason"])
+        decisions.add_row(when(item["at"]), str(item["desired"]), item.get("mode", "stable"), item["reason"])
     out.print(decisions)
     starts = Table("AT", "INSTANCE", "PHASES (ms)", box=None, title="recent instance starts", title_justify="left")
     for item in info.get("cold_starts", [])[:5]:
         phases = "  ".join(f"{name} {ms:.1f}" for name, ms in item["phases_ms"].items())
-        starts.add_row(_when(item["at"]), item["instance"], phases)
+        starts.add_row(when(item["at"]), item["instance"], phases)
     out.print(starts)
     versions = Table("VERSION", "CREATED", "CODE", box=None, title="versions", title_justify="left")
     for item in info["versions"]:
-        versions.add_row(item["version"], _when(item["created_at"]), item["code_digest"][:12])
+        versions.add_row(item["version"], when(item["created_at"]), item["code_digest"][:12])
     out.print(versions)
 
 
 def format_log(record: dict[str, Any]) -> str:
     """`2026-11-22T10:00:00.123 [a1b2] [c3d4e5f6] message`."""
     ts = record.get("ts")
-    when = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if ts else "-"
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] if ts else "-"
     instance = str(record.get("instance") or "-")[-4:]
     invocation = str(record.get("invocation_id") or "-")[-8:]
     marker = {"stderr": " !", "system": " *"}.get(str(record.get("stream")), "")
-    return f"{when} [{instance}] [{invocation}]{marker} {record.get('message', '')}"
+    return f"{stamp} [{instance}] [{invocation}]{marker} {record.get('message', '')}"
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 
 from rich.console import Console
 
@@ -23,3 +24,10 @@ def _console(*, stderr: bool) -> Console:
 
 out = _console(stderr=False)
 err = _console(stderr=True)
+
+
+def when(epoch: float | None) -> str:
+    """An instant as the CLI shows it: UTC, to the second (`2026-12-03T09:00:00`); `-` for none."""
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S")

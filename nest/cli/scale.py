@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 (typer reads the annotation at run time)
 from typing import Annotated, Any
@@ -20,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from nest.cli.output import err, out
+from nest.cli.output import err, out, when
 from nest.contracts.errors import InvalidInput
 from nest.contracts.manifest import parse_duration
 
@@ -169,16 +168,12 @@ def schedules_table(schedules: list[dict[str, Any]], now: float) -> Table:
         schedule = ScalingSchedule(item["cron"], item["timezone"], float(item["duration"]), int(item["min"]))
         until = open_until(schedule, now)
         if until is not None:
-            state = f"[bold]open[/bold] until {_utc(until)}"
+            state = f"[bold]open[/bold] until {when(until)}"
         else:
             opens = next_opening(schedule, now)
-            state = f"closed, opens {_utc(opens)}" if opens is not None else "closed, never fires again"
+            state = f"closed, opens {when(opens)}" if opens is not None else "closed, never fires again"
         table.add_row(schedule.cron, schedule.timezone, _duration(schedule.duration_s), str(schedule.min), state)
     return table
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _duration(seconds: float) -> str:
